@@ -1,0 +1,3 @@
+from lightning_mosaic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""The ``lightning-mosaic`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-mosaic``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="lightning-mosaic",
+        description="Run multimodal models' modules side by side on one GPU under SM quotas.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "demo",
+        help="train a small vision+audio+LLM model with strategy='mosaic' and print its graph and plan",
+        add_help=False,
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv[:1])
+    if args.command == "demo":
+        from lightning_mosaic.demo import main as demo
+
+        return demo(argv[1:])
+    parser.error(f"unknown command {argv[0]!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

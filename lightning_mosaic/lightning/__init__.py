@@ -1,0 +1,5 @@
+"""The Lightning layer: thin adapters over the core."""
+
+from lightning_mosaic.lightning.strategy import MosaicStrategy
+
+__all__ = ["MosaicStrategy"]

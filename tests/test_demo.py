@@ -1,0 +1,54 @@
+"""The demo: trains with strategy="mosaic" on CPU and prints the module graph and the plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_mosaic.demo import SIZES, DemoMultimodalModel, SyntheticMultimodal, main
+
+
+def test_demo_trains_and_prints_graph_and_plan(capsys):
+    assert main(["--size", "tiny", "--steps", "3", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 steps in" in out
+    assert "ModuleGraph: 4 modules, 3 edges" in out
+    assert "projector  <- vision, audio" in out
+    assert "Plan for cpu: temporal (every module alone on the whole device), 1 micro-batch per step" in out
+    assert "routed calls per module: {'vision': 3, 'audio': 3, 'projector': 3, 'llm': 3}" in out
+
+
+def test_demo_frozen_vision(capsys):
+    assert main(["--size", "tiny", "--steps", "2", "--batch-size", "2", "--freeze-vision"]) == 0
+    assert "frozen" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps and --batch-size must be >= 1, got 0 and 8"),
+        (["--size", "huge"], "invalid choice: 'huge'"),
+    ],
+)
+def test_demo_rejects_bad_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_synthetic_data_is_deterministic_and_shaped():
+    s = SIZES["tiny"]
+    data = SyntheticMultimodal("tiny", num_samples=4)
+    a, b = data[1], SyntheticMultimodal("tiny", num_samples=4)[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["pixels"].shape == (3, s.image, s.image)
+    assert a["mels"].shape == (s.mels, s.frames)
+    assert a["input_ids"].shape == (s.text,) and int(a["input_ids"].max()) < s.vocab
+    with pytest.raises(IndexError, match="index 4 out of range for 4 samples"):
+        data[4]
+
+
+def test_unknown_size():
+    with pytest.raises(ValueError, match=r"unknown demo size 'huge'; choose one of tiny, small, base"):
+        DemoMultimodalModel("huge")

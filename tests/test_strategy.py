@@ -1,0 +1,407 @@
+"""MosaicStrategy under real Lightning Trainers: registration, numerics, Lightning features, checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+
+import lightning as L
+import pytest
+import torch
+from helpers import (
+    assert_bitwise_equal,
+    assert_trained,
+    demo_data,
+    demo_model,
+    hf_loader,
+    hf_model,
+    parameters,
+    trainer,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
+
+import lightning_mosaic
+from lightning_mosaic import MosaicStrategy
+from lightning_mosaic.demo import DemoMultimodalModel
+
+# ---------------------------------------------------------------- registration and construction
+
+
+def test_import_registers_mosaic_and_is_idempotent():
+    assert {"mosaic", "mosaic_spawn", "mosaic_fork"} <= set(StrategyRegistry.available_strategies())
+    importlib.reload(lightning_mosaic)
+    importlib.import_module("lightning_mosaic")
+    MosaicStrategy.register_strategies(StrategyRegistry)
+    assert StrategyRegistry["mosaic"]["strategy"] is MosaicStrategy
+    assert StrategyRegistry["mosaic_spawn"]["init_params"] == {"start_method": "spawn"}
+
+
+@pytest.mark.parametrize("strategy", ["mosaic", MosaicStrategy()])
+def test_trainer_accepts_name_and_instance(strategy):
+    t = trainer(strategy)
+    assert isinstance(t.strategy, MosaicStrategy)
+    assert t.strategy.launcher is None, "one device runs in place, like SingleDeviceStrategy"
+    assert not t._accelerator_connector.is_distributed, "no distributed sampler with one device"
+    assert t.strategy.root_device == torch.device("cpu")
+
+
+def test_two_cpu_devices_are_distributed():
+    t = trainer("mosaic_spawn", devices=2)
+    assert t.strategy.is_distributed and t.strategy.world_size == 2
+    assert t.strategy.launcher is not None
+    assert t.strategy.distributed_sampler_kwargs == {"num_replicas": 2, "rank": 0}
+
+
+def test_constructor_rejects_bad_arguments():
+    with pytest.raises(
+        ValueError, match=r"start_method='threads' is not one of popen, spawn, fork, forkserver"
+    ):
+        MosaicStrategy(start_method="threads")
+    with pytest.raises(ValueError, match=r"module 'vision' is listed twice"):
+        MosaicStrategy(modules=["vision", "llm", "vision"])
+    with pytest.raises(TypeError, match=r"did you mean \['vision'\]"):
+        MosaicStrategy(modules="vision")
+
+
+def test_strategy_pickles_before_setup():
+    strategy = pickle.loads(pickle.dumps(MosaicStrategy(modules=["vision", "llm"])))
+    assert strategy.module_names == ["vision", "llm"]
+
+
+# ---------------------------------------------------------------- numerics: bitwise equal to plain Lightning
+
+
+def _fit_params(model, strategy, data, **kwargs):
+    t = trainer(strategy, **kwargs)
+    t.fit(model, data)
+    return t, parameters(model)
+
+
+def test_two_encoder_model_bitwise_equal_after_10_steps():
+    before, model = parameters(demo_model()), demo_model()
+    _, plain = _fit_params(model, "auto", demo_data())
+    t, mosaic = _fit_params(demo_model(), "mosaic", demo_data())
+    assert_trained(before, model)
+    assert_bitwise_equal(plain, mosaic)
+    assert t.global_step == 10
+    assert dict(t.strategy.engine.calls) == {"vision": 10, "audio": 10, "projector": 10, "llm": 10}
+    assert t.strategy.graph.inputs == {
+        "vision": [],
+        "audio": [],
+        "projector": ["vision", "audio"],
+        "llm": ["projector"],
+    }
+    assert t.strategy.plan.is_temporal and t.strategy.plan.modules == ["vision", "audio", "projector", "llm"]
+
+
+def test_hugging_face_model_bitwise_equal_after_10_steps():
+    before, model = parameters(hf_model()), hf_model()
+    _, plain = _fit_params(model, "auto", hf_loader())
+    t, mosaic = _fit_params(hf_model(), "mosaic", hf_loader())
+    assert_trained(before, model)
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert_bitwise_equal(plain, mosaic)
+    graph = t.strategy.graph
+    assert graph.modules == ["vision", "audio", "vision_proj", "audio_proj", "llm"]
+    assert graph.inputs["llm"] == ["vision_proj", "audio_proj"]
+    assert graph.inputs["vision_proj"] == ["vision"] and graph.inputs["audio_proj"] == ["audio"]
+    assert graph.frozen == ["vision"]
+
+
+def test_shuffled_data_follows_plain_lightning_order():
+    """With one device there is no distributed sampler: a shuffled loader draws the same batches."""
+
+    def data():
+        loader = demo_data().train_dataloader()
+        return torch.utils.data.DataLoader(loader.dataset, batch_size=4, shuffle=True)
+
+    L.seed_everything(3)
+    _, plain = _fit_params(demo_model(), "auto", data())
+    L.seed_everything(3)
+    _, mosaic = _fit_params(demo_model(), "mosaic", data())
+    assert_bitwise_equal(plain, mosaic)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"accumulate_grad_batches": 2, "gradient_clip_val": 0.5},
+        {"gradient_clip_val": 0.1, "gradient_clip_algorithm": "value"},
+        {"precision": "bf16-mixed"},
+    ],
+    ids=["accumulate+clip-norm", "clip-value", "bf16-mixed"],
+)
+def test_lightning_training_features_bitwise_equal(options):
+    plain_t, plain = _fit_params(demo_model(), "auto", demo_data(), **options)
+    mosaic_t, mosaic = _fit_params(demo_model(), "mosaic", demo_data(), **options)
+    assert_bitwise_equal(plain, mosaic)
+    assert plain_t.global_step == mosaic_t.global_step
+    assert torch.equal(plain_t.callback_metrics["train_loss"], mosaic_t.callback_metrics["train_loss"])
+
+
+def test_fp16_mixed_on_cpu_falls_back_like_plain_lightning():
+    with pytest.warns(UserWarning, match="bf16-mixed"):
+        _, plain = _fit_params(demo_model(), "auto", demo_data(), precision="16-mixed", max_steps=3)
+    with pytest.warns(UserWarning, match="bf16-mixed"):
+        _, mosaic = _fit_params(demo_model(), "mosaic", demo_data(), precision="16-mixed", max_steps=3)
+    assert_bitwise_equal(plain, mosaic)
+
+
+def test_fit_validate_test_predict_and_logging_match():
+    results = {}
+    for name in ("auto", "mosaic"):
+        model, data = demo_model(), demo_data()
+        t = trainer(name, limit_val_batches=2, val_check_interval=5, num_sanity_val_steps=2)
+        t.fit(model, data)
+        logged = {k: v.clone() for k, v in t.logged_metrics.items()}
+        validated = t.validate(model, data, verbose=False)
+        tested = t.test(model, data, verbose=False)
+        predicted = t.predict(model, data)
+        results[name] = (parameters(model), logged, validated, tested, predicted, t)
+    plain, mosaic = results["auto"], results["mosaic"]
+    assert_bitwise_equal(plain[0], mosaic[0])
+    assert plain[1].keys() == mosaic[1].keys() == {"train_loss", "val_loss"}
+    for key in plain[1]:
+        assert torch.equal(plain[1][key], mosaic[1][key]), key
+    assert plain[2] == mosaic[2] and plain[3] == mosaic[3]
+    assert len(plain[4]) == len(mosaic[4]) == 10
+    assert all(torch.equal(a, b) for a, b in zip(plain[4], mosaic[4], strict=True))
+    strategy = mosaic[5].strategy
+    assert not strategy.engine.attached, "teardown removes the hooks"
+    assert strategy.graph is not None and strategy.graph.calls == {
+        "vision": 1,
+        "audio": 1,
+        "projector": 1,
+        "llm": 1,
+    }
+
+
+def test_validate_only_run_traces_a_validation_step():
+    model = demo_model()
+    t = trainer("mosaic", limit_val_batches=2)
+    t.validate(model, demo_data(), verbose=False)
+    assert t.strategy.graph is not None and t.strategy.graph.sinks == ["llm"]
+
+
+def test_sanity_check_does_not_trace_while_fitting():
+    t = trainer("mosaic", limit_val_batches=1, num_sanity_val_steps=1, max_steps=1)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_validation_batch_end(self, trainer, *args):
+            seen.append(trainer.strategy.graph)
+
+    t.callbacks.append(Spy())
+    t.fit(demo_model(), demo_data())
+    assert seen[0] is None, "the sanity check's validation step ran before the first training step"
+    assert t.strategy.graph is not None
+
+
+# ---------------------------------------------------------------- module selection through the Trainer
+
+
+def test_explicit_modules_are_the_units():
+    t = trainer(MosaicStrategy(modules=["vision", "llm"]), max_steps=2)
+    t.fit(demo_model(), demo_data())
+    assert t.strategy.graph.modules == ["vision", "llm"]
+    # The projector is plain code between them: the tags cross it.
+    assert t.strategy.graph.inputs["llm"] == ["vision"]
+
+
+@pytest.mark.parametrize(
+    ("modules", "message"),
+    [
+        (
+            ["vision", "visoin"],
+            r"unknown module 'visoin'.*Did you mean 'vision'\?.*'vision', 'audio', 'projector', 'llm'",
+        ),
+        (["vision", "llm.blocks.layerz"], r"unknown module 'llm.blocks.layerz'.*'llm.blocks.layers'"),
+        (["llm", "llm.head"], r"lists 'llm' together with its own submodule 'llm.head'"),
+    ],
+)
+def test_bad_module_names_fail_at_fit_with_candidates(modules, message):
+    t = trainer(MosaicStrategy(modules=modules))
+    with pytest.raises(ValueError, match=message):
+        t.fit(demo_model(), demo_data())
+
+
+def test_model_without_units_trains_as_plain_lightning(caplog):
+    class Flat(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3))
+
+        def training_step(self, batch, batch_idx):
+            return (self.weight * batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 3)), batch_size=2)
+    with caplog.at_level("WARNING", logger="lightning_mosaic"):
+        t = trainer("mosaic", max_steps=2)
+        model = Flat()
+        t.fit(model, data)
+    assert torch.equal(model.weight.detach(), torch.full((3,), 0.6))
+    assert t.strategy.graph is None and t.strategy.units == {}
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def test_state_dict_keys_and_checkpoint_match_plain_lightning(tmp_path):
+    plain_model, mosaic_model = demo_model(), demo_model()
+    trainer("auto", max_steps=2).fit(plain_model, demo_data())
+    t = trainer("mosaic", max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
+    t.fit(mosaic_model, demo_data())
+    assert list(plain_model.state_dict()) == list(mosaic_model.state_dict())
+    assert not mosaic_model.vision._forward_pre_hooks, "the engine's hooks are removed after fit"
+    [checkpoint] = list(tmp_path.rglob("*.ckpt"))
+    loaded = DemoMultimodalModel.load_from_checkpoint(checkpoint)
+    assert_bitwise_equal(parameters(loaded), parameters(mosaic_model))
+    raw = torch.load(checkpoint, weights_only=False)
+    assert list(raw["state_dict"]) == list(plain_model.state_dict())
+
+
+@pytest.mark.parametrize(("first", "second"), [("mosaic", "mosaic"), ("mosaic", "auto"), ("auto", "mosaic")])
+def test_resume_after_5_steps_equals_10_uninterrupted(tmp_path, first, second):
+    """Checkpoints move freely between mosaic and plain Lightning, and resuming is exact."""
+    data = lambda: demo_data(steps_per_epoch=5)  # noqa: E731
+    _, straight = _fit_params(demo_model(), "auto", data(), max_steps=10)
+
+    model = demo_model()
+    saver = lambda: ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)  # noqa: E731
+    t = trainer(first, max_steps=5, callbacks=[saver()], enable_checkpointing=True)
+    t.fit(model, data())
+    path = tmp_path / "epoch=0-step=5.ckpt"
+
+    resumed_model = demo_model(seed=123)  # different init: everything must come from the checkpoint
+    t2 = trainer(second, max_steps=10, callbacks=[saver()], enable_checkpointing=True)
+    t2.fit(resumed_model, data(), ckpt_path=path)
+    assert t2.global_step == 10
+    assert_bitwise_equal(straight, parameters(resumed_model))
+
+
+def test_model_checkpoint_callback_under_mosaic(tmp_path):
+    callback = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2, every_n_train_steps=3)
+    t = trainer(
+        "mosaic", callbacks=[callback], enable_checkpointing=True, limit_val_batches=1, val_check_interval=3
+    )
+    t.fit(demo_model(), demo_data())
+    assert callback.best_model_path and len(list(tmp_path.glob("*.ckpt"))) == 2
+    assert callback.best_model_score is not None
+
+
+def test_plain_single_device_strategy_is_the_reference():
+    """The comparisons above really compare against Lightning's single-device path."""
+    assert isinstance(trainer("auto").strategy, SingleDeviceStrategy)
+
+
+# ---------------------------------------------------------------- several processes (DDP underneath)
+
+
+def _ranks(directory):
+    return [torch.load(directory / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_two_cpu_processes_bitwise_equal_to_ddp(tmp_path):
+    from helpers import RecordRank
+    from lightning.pytorch.strategies import DDPStrategy
+
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "mosaic").mkdir()
+    ddp_model, mosaic_model = demo_model(), demo_model()
+    before = parameters(ddp_model)
+    trainer(DDPStrategy(start_method="spawn"), devices=2, callbacks=[RecordRank(tmp_path / "ddp")]).fit(
+        ddp_model, demo_data()
+    )
+    trainer(MosaicStrategy(start_method="spawn"), devices=2, callbacks=[RecordRank(tmp_path / "mosaic")]).fit(
+        mosaic_model, demo_data()
+    )
+    assert_trained(before, ddp_model)
+    assert_bitwise_equal(parameters(ddp_model), parameters(mosaic_model))
+    ddp, mosaic = _ranks(tmp_path / "ddp"), _ranks(tmp_path / "mosaic")
+    for rank in range(2):
+        assert_bitwise_equal(ddp[rank]["params"], mosaic[rank]["params"])
+    assert_bitwise_equal(mosaic[0]["params"], mosaic[1]["params"])
+    assert mosaic[0]["graph"] == mosaic[1]["graph"] and mosaic[0]["graph"]["inputs"]["llm"] == ["projector"]
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import RecordRank, demo_data, demo_model, trainer
+import lightning_mosaic
+
+strategy, out = sys.argv[1], sys.argv[2]
+trainer(strategy, devices=2, max_steps=4, callbacks=[RecordRank(out)]).fit(demo_model(), demo_data())
+"""
+
+
+def test_mosaic_by_name_launches_processes_like_ddp(tmp_path):
+    """``strategy="mosaic"`` with two devices re-runs the script per process, like ``strategy="ddp"``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    for name in ("ddp", "mosaic"):
+        (tmp_path / name).mkdir()
+        done = subprocess.run(
+            [sys.executable, str(script), name, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    ddp, mosaic = _ranks(tmp_path / "ddp"), _ranks(tmp_path / "mosaic")
+    for rank in range(2):
+        assert_bitwise_equal(ddp[rank]["params"], mosaic[rank]["params"])
+    assert mosaic[0]["graph"] is not None and mosaic[0]["graph"] == mosaic[1]["graph"]
+
+
+# ---------------------------------------------------------------- LightningCLI
+
+
+@pytest.mark.parametrize(
+    "strategy_args",
+    [
+        ["--trainer.strategy=mosaic"],
+        [
+            "--trainer.strategy=lightning_mosaic.MosaicStrategy",
+            "--trainer.strategy.modules=[vision, audio, llm]",
+        ],
+    ],
+    ids=["by-name", "by-class"],
+)
+def test_lightning_cli(tmp_path, strategy_args):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_mosaic.demo import DemoDataModule
+
+    args = [
+        "fit",
+        "--model.size=tiny",
+        "--data.size=tiny",
+        "--data.batch_size=4",
+        "--data.num_samples=16",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.max_steps=2",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp_path}",
+        *strategy_args,
+    ]
+    cli = LightningCLI(DemoMultimodalModel, DemoDataModule, args=args, save_config_kwargs={"overwrite": True})
+    strategy = cli.trainer.strategy
+    assert isinstance(strategy, MosaicStrategy)
+    assert cli.trainer.global_step == 2
+    expected = (
+        ["vision", "audio", "projector", "llm"] if len(strategy_args) == 1 else ["vision", "audio", "llm"]
+    )
+    assert strategy.graph.modules == expected
