@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import demo_model
@@ -10,29 +13,10 @@ from torch import nn
 from lightning_mosaic.selection import candidates, check_names, select_modules
 
 
-def tiny_llava():
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
-
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=8,
-        ),
-        text_config=Qwen2Config(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            vocab_size=64,
-        ),
-        image_token_index=63,
-    )
-    return LlavaForConditionalGeneration(config)
+def tiny_llava() -> nn.Module:
+    """The tiny LlavaForConditionalGeneration of the dotted-path example (no download)."""
+    example = Path(__file__).parent.parent / "examples" / "llava_dotted_modules.py"
+    return runpy.run_path(str(example))["LlavaModule"]().model
 
 
 class Holder(nn.Module):

@@ -405,3 +405,13 @@ def test_lightning_cli(tmp_path, strategy_args):
         ["vision", "audio", "projector", "llm"] if len(strategy_args) == 1 else ["vision", "audio", "llm"]
     )
     assert strategy.graph.modules == expected
+
+
+def test_another_model_is_traced_again():
+    t = trainer("mosaic", max_steps=1, limit_val_batches=1)
+    t.fit(demo_model(), demo_data())
+    first_graph = t.strategy.graph
+    assert first_graph.modules == ["vision", "audio", "projector", "llm"]
+    t.validate(demo_model(freeze_vision=True), demo_data(), verbose=False)
+    assert t.strategy.graph.frozen == ["vision"], "a new model object: traced again"
+    assert t.strategy.graph.inputs == first_graph.inputs and first_graph.frozen == []

@@ -111,7 +111,7 @@ class MosaicStrategy(ParallelStrategy):
         self.units: dict[str, nn.Module] = {}
         self.graph: ModuleGraph | None = None
         self.plan: Plan | None = None
-        self._traced_units: list[tuple[str, int]] = []
+        self._units_key: list[tuple[str, int]] = []
 
     # ------------------------------------------------------------------ placement and processes
 
@@ -267,7 +267,7 @@ class MosaicStrategy(ParallelStrategy):
         )
 
     def teardown(self) -> None:
-        self._detach()
+        self.engine.detach()
         pl_module = self.lightning_module
         if isinstance(self.model, DistributedDataParallel):
             self.model = pl_module
@@ -307,12 +307,10 @@ class MosaicStrategy(ParallelStrategy):
             )
             return
         key = [(name, id(module)) for name, module in self.units.items()]
-        if key != self._traced_units:
+        if key != self._units_key:
             self.graph, self.plan = None, None  # another model or another selection: trace again
+            self._units_key = key
         self.engine.attach(self.units)
-
-    def _detach(self) -> None:
-        self.engine.detach()
 
     def _should_trace(self, stage: str) -> bool:
         if self.graph is not None or not self.units:
@@ -326,7 +324,6 @@ class MosaicStrategy(ParallelStrategy):
             if not self._should_trace(stage):
                 return step(*args, **kwargs)
             graph, out = trace(self.units, lambda: step(*args, **kwargs))
-            self._traced_units = [(name, id(module)) for name, module in self.units.items()]
             self.graph = graph
             self.plan = temporal_plan(graph, self.root_device)
             if self.is_global_zero:
