@@ -66,7 +66,7 @@ class ModuleGraph:
     def from_edges(cls, edges: Mapping[str, Iterable[str]], frozen: Iterable[str] = ()) -> ModuleGraph:
         """Build a graph from ``{module: [modules it consumes]}``, e.g.
         ``{"vision": [], "audio": [], "llm": ["vision", "audio"]}``."""
-        return cls(inputs={name: list(deps) for name, deps in edges.items()}, frozen=list(frozen))
+        return cls(inputs=dict(edges), frozen=list(frozen))
 
     @property
     def modules(self) -> list[str]:
@@ -130,6 +130,8 @@ class ModuleGraph:
         remaining = list(self.inputs)
         while remaining:
             ready = [n for n in remaining if all(d in done for d in self.inputs[n])]
+            if not ready:  # only reachable if ``inputs`` was edited into a cycle after construction
+                raise ValueError(f"module graph has a cycle among {remaining}")
             for name in ready:
                 done.add(name)
                 order.append(name)
@@ -290,8 +292,7 @@ class _Tracer:
         return hook
 
     def graph(self) -> ModuleGraph:
-        called = sorted(self.first_call, key=self.first_call.__getitem__)
-        order = called + [n for n in self.modules if n not in self.first_call]
+        order = list(self.first_call) + [n for n in self.modules if n not in self.first_call]
         not_called = [n for n in self.modules if self.calls[n] == 0]
         if not_called:
             log.warning(
