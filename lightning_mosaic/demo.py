@@ -301,9 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert strategy.graph is not None and strategy.plan is not None
     print(strategy.graph.describe())
     print(strategy.plan.describe())
-    print(
-        f"engine backend: {strategy.engine.backend}; routed calls per module: {dict(strategy.engine.calls)}"
-    )
+    print(strategy.engine.backend.describe())
+    print(f"routed calls per module: {dict(strategy.engine.calls)}")
     return 0
 
 

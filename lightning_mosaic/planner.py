@@ -183,3 +183,21 @@ def device_name(device: str | torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+def concurrent_plan(
+    graph: ModuleGraph,
+    quotas: Mapping[str, int | None],
+    device: str | torch.device = "cpu",
+    method: str = "user",
+) -> Plan:
+    """Units of each level of ``graph`` side by side, each under its quota (``None``: the whole device).
+
+    This is what the engine does with concurrent streams and fixed quotas: a unit starts as soon as
+    its inputs are ready, so units that do not depend on each other overlap.
+    """
+    return Plan(
+        phases=[Phase(quotas={name: quotas.get(name) for name in level}) for level in graph.levels()],
+        device=device_name(device),
+        method=method,
+    )

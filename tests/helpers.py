@@ -189,3 +189,52 @@ class RecordRank(L.Callback):
             {"params": parameters(pl_module), "graph": graph.to_dict() if graph is not None else None},
             f"{self.directory}/rank{trainer.global_rank}.pt",
         )
+
+
+# ---------------------------------------------------------------- the engine with the recording fake
+
+
+def demo_batch(seed: int = 0, batch_size: int = 2) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixels": torch.randn(batch_size, 3, 16, 16, generator=g),
+        "mels": torch.randn(batch_size, 8, 16, generator=g),
+        "input_ids": torch.randint(0, 64, (batch_size, 8), generator=g),
+    }
+
+
+def long_lived(model: nn.Module) -> set[int]:
+    """Memory keys of the parameters and buffers (checked for write-after-read races)."""
+    from lightning_mosaic.engine.recording import memory_key
+
+    keys = {memory_key(t) for t in [*model.parameters(), *model.buffers()]}
+    keys.discard(None)
+    return keys
+
+
+def train_recorded(
+    model: nn.Module, loss_fn: Any, steps: int = 2, engine: Any = None, after_step: Any = None, **attach: Any
+) -> Any:
+    """Train ``model`` for ``steps`` under the engine with a RecordingBackend; returns the engine.
+
+    ``after_step()``, if given, runs after each optimizer step (user code between steps).
+    """
+    from lightning_mosaic.engine import Engine, RecordingBackend
+    from lightning_mosaic.selection import select_modules
+
+    backend = RecordingBackend()
+    engine = engine or Engine()
+    engine.attach(attach.pop("units", None) or select_modules(model), backend=backend, **attach)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with backend.recording():
+        for step in range(steps):
+            with engine.step():
+                loss = loss_fn(step)
+            engine.before_backward(loss)
+            loss.backward()
+            engine.join()
+            optimizer.step()
+            optimizer.zero_grad()
+            if after_step is not None:
+                after_step()
+    return engine

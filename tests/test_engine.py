@@ -6,9 +6,10 @@ import pickle
 
 import pytest
 import torch
-from helpers import demo_model
+from helpers import Encoder, demo_batch, demo_model, hf_loader, hf_model, long_lived, train_recorded
+from torch import nn
 
-from lightning_mosaic.engine import Engine
+from lightning_mosaic.engine import Engine, HappensBefore, PendingTensor, RecordingBackend, find_races
 from lightning_mosaic.selection import select_modules
 
 
@@ -64,3 +65,197 @@ def test_step_counts_even_when_the_step_raises():
     with pytest.raises(ZeroDivisionError), engine.step():
         1 / 0  # noqa: B018
     assert engine.steps == 1
+
+
+# ---------------------------------------------------------------- the sync protocol, on the recording fake
+
+
+def _forward(log, stream):
+    return [
+        i for i, e in enumerate(log) if e.kind == "launch" and e.stream == stream and e.phase == "forward"
+    ]
+
+
+def _assert_race_free(engine, model):
+    races = find_races(engine.backend.log, long_lived(model))
+    assert not races, "\n".join(r.describe(engine.backend.log) for r in races[:5])
+
+
+def test_two_encoder_model_is_race_free_and_its_encoders_concurrent():
+    model = demo_model()
+    engine = train_recorded(model, lambda step: model._loss(demo_batch(step)), steps=2)
+    _assert_race_free(engine, model)
+    fresh = demo_model()
+    one = train_recorded(fresh, lambda step: fresh._loss(demo_batch(step)), steps=1)
+    log = one.backend.log
+    hb = HappensBefore(log)
+    vision, audio = _forward(log, "vision"), _forward(log, "audio")
+    assert vision and audio
+    assert hb.concurrent(vision, audio), (
+        "the audio encoder never waits for the vision encoder, nor vice versa"
+    )
+    assert all(hb.ordered(v, p) for v in vision for p in _forward(log, "projector")), "the projector waits"
+    backward = {e.stream for e in log if e.kind == "launch" and e.phase == "backward"}
+    assert {"vision", "audio", "projector", "llm"} <= backward, "backward runs on the units' streams"
+
+
+def test_hugging_face_model_is_race_free_and_its_encoders_concurrent():
+    model = hf_model()
+    batches = list(hf_loader(batch_size=2, num_samples=4))
+    engine = train_recorded(model, lambda step: model(**batches[step]).loss, steps=2)
+    _assert_race_free(engine, model)
+    log = engine.backend.log
+    first_backward = next(i for i, e in enumerate(log) if e.phase == "backward")
+    vision = [i for i in _forward(log, "vision") if i < first_backward]
+    audio = [i for i in _forward(log, "audio") if i < first_backward]
+    assert HappensBefore(log).concurrent(vision, audio)
+
+
+class NoPendingEngine(Engine):
+    """Deliberately broken: hands back unit outputs as plain tensors, so nobody waits for them."""
+
+    def _pending(self, tensor, done, stream):
+        return tensor
+
+
+def test_the_race_checker_catches_a_broken_protocol():
+    model = demo_model()
+    engine = train_recorded(
+        model, lambda step: model._loss(demo_batch(step)), steps=1, engine=NoPendingEngine()
+    )
+    races = find_races(engine.backend.log, long_lived(model))
+    assert races and {r.kind for r in races} == {"read-after-write"}
+    assert any("aten.cat" in engine.backend.log[r.later].op for r in races), (
+        "torch.cat reads unfinished outputs"
+    )
+
+
+class Units(nn.Module):
+    """Units whose outputs come nested, are used twice, are never used, or are read by user code first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nested = Nested()
+        self.shared = Encoder()
+        self.unused = Encoder()
+        self.frozen = Encoder().requires_grad_(False)
+        self.head = Encoder()
+        self.seen: list = []
+
+    def forward(self, x):
+        out = self.nested(x)
+        self.seen = [out["a"], out["b"][0], out["b"][1][0], out["c"].last_hidden_state]
+        first, second = self.shared(x), self.shared(out["a"])  # one unit, called twice
+        self.kept = self.unused(x)  # output never used during the step (read after it, by user code)
+        frozen = self.frozen(x)
+        scale = first.mean()  # consumed first by user code, not by a unit
+        hidden = torch.cat([second, frozen, out["c"].last_hidden_state], dim=1)[:, :8] * scale
+        return self.head(hidden).pow(2).mean()
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        y = self.fc(x)
+        return {"a": y, "b": (y * 2, [y + 1]), "c": BaseModelOutput(last_hidden_state=y - 1)}
+
+
+def _units_run(engine_cls=Engine, steps=2) -> tuple[Units, Engine]:
+    model = Units()
+    data = [torch.randn(2, 8, generator=torch.Generator().manual_seed(s)) for s in range(steps)]
+    engine = train_recorded(
+        model,
+        lambda step: model(data[step]),
+        steps=steps,
+        engine=engine_cls(),
+        after_step=lambda: model.kept.sum(),
+    )
+    return model, engine
+
+
+def test_nested_repeated_unused_frozen_and_user_consumed_outputs_are_race_free():
+    model, engine = _units_run()
+    _assert_race_free(engine, model)
+    assert dict(engine.calls) == {"nested": 2, "shared": 4, "unused": 2, "frozen": 2, "head": 2}
+
+
+def test_nested_outputs_keep_their_containers_and_are_pending_during_the_step():
+    model = Units()
+    engine = Engine()
+    engine.attach(select_modules(model), backend=RecordingBackend())
+    captured = {}
+    model.nested.register_forward_hook(lambda m, a, out: captured.setdefault("out", out))
+    with engine.step():
+        model(torch.randn(2, 8))
+        out = captured["out"]
+        assert type(out) is dict and type(out["b"]) is tuple and type(out["b"][1]) is list
+        assert type(out["c"]).__name__ == "BaseModelOutput"
+        assert all(type(t) is PendingTensor for t in model.seen)
+    assert all(type(t) is torch.Tensor for t in model.seen), "the step's end retires every pending output"
+
+
+def test_user_code_waits_for_the_output_it_reads_first():
+    _, engine = _units_run(steps=1)
+    log = engine.backend.log
+    hb = HappensBefore(log)
+    mean = next(i for i, e in enumerate(log) if e.stream == "caller" and "aten.mean" in e.op)
+    assert all(hb.ordered(i, mean) for i in _forward(log, "shared")[:2]), "first.mean() waits for shared"
+    assert not any(hb.ordered(i, mean) for i in _forward(log, "unused")), "nobody waits for unused outputs"
+
+
+class NoJoinEngine(Engine):
+    """Deliberately broken: never makes the caller's stream wait for the units (retires shells only)."""
+
+    def join(self):
+        self._dirty.clear()
+        super().join()
+
+
+def test_without_the_join_user_code_after_the_step_races_with_an_unused_output():
+    model, engine = _units_run(NoJoinEngine, steps=2)
+    log = engine.backend.log
+    races = find_races(log, long_lived(model))
+    assert races and {r.kind for r in races} == {"read-after-write"}
+    assert {log[r.earlier].stream for r in races} == {"unused"}, (
+        "nobody waited for the unit whose output was unused"
+    )
+    assert {(log[r.later].stream, log[r.later].phase) for r in races} == {("caller", "other")}, (
+        "read after the step"
+    )
+    assert type(model.kept) is torch.Tensor, "retired all the same"
+
+
+def test_frozen_units_outputs_have_no_grad_and_stay_race_free():
+    model = demo_model(freeze_vision=True)
+    engine = train_recorded(model, lambda step: model._loss(demo_batch(step)), steps=2)
+    _assert_race_free(engine, model)
+    backward = {e.stream for e in engine.backend.log if e.kind == "launch" and e.phase == "backward"}
+    assert "vision" not in backward and "audio" in backward
+
+
+def test_a_forward_that_raises_restores_the_callers_stream():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.boom = Boom()
+
+    root = Root()
+    backend = RecordingBackend()
+    engine = Engine()
+    engine.attach(select_modules(root), backend=backend)
+    with pytest.raises(RuntimeError, match="boom"), engine.step():
+        root.boom(torch.ones(2))
+    assert backend.current_stream() is backend.caller

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import (
+    TinyHFMultimodal,
     assert_bitwise_equal,
     assert_trained,
     demo_data,
@@ -415,3 +416,84 @@ def test_another_model_is_traced_again():
     t.validate(demo_model(freeze_vision=True), demo_data(), verbose=False)
     assert t.strategy.graph.frozen == ["vision"], "a new model object: traced again"
     assert t.strategy.graph.inputs == first_graph.inputs and first_graph.frozen == []
+
+
+# ---------------------------------------------------------------- engine backends and quotas
+
+
+@pytest.mark.parametrize(
+    "make", [(demo_model, demo_data), (hf_model, hf_loader)], ids=["two-encoder", "hugging-face"]
+)
+def test_recording_backend_trains_bitwise_equal_and_race_free(make):
+    from helpers import long_lived
+
+    from lightning_mosaic.engine import RecordingBackend, find_races
+
+    model_fn, data_fn = make
+    _, plain = _fit_params(model_fn(), "auto", data_fn())
+    backend = RecordingBackend()
+    model = model_fn()
+    t = trainer(MosaicStrategy(backend=backend), limit_val_batches=2, val_check_interval=5)
+    with backend.recording():
+        t.fit(model, data_fn())
+    assert_bitwise_equal(plain, parameters(model))
+    races = find_races(backend.log, long_lived(model))
+    assert not races, "\n".join(r.describe(backend.log) for r in races[:5])
+    assert all(type(v) is torch.Tensor for v in t.logged_metrics.values()), (
+        "no pending tensor in logged values"
+    )
+    assert all(type(v) is torch.Tensor for v in model.state_dict().values())
+    plan = t.strategy.plan
+    assert plan.method == "recording backend" and not plan.is_temporal
+    assert plan.phases[0].modules == t.strategy.graph.levels()[0]
+
+
+def test_a_unit_returning_the_loss_hands_lightning_a_plain_tensor():
+    from lightning_mosaic.engine import RecordingBackend
+
+    class LossFromUnit(TinyHFMultimodal):
+        def training_step(self, batch, batch_idx):
+            out = self(**batch)  # the llm unit returns a ModelOutput whose loss is pending
+            self.returned_type = type(out.loss)
+            return out.loss
+
+    L.seed_everything(0)
+    model = LossFromUnit()
+    t = trainer(MosaicStrategy(backend=RecordingBackend()), max_steps=2)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(type(outputs["loss"]))
+
+    t.callbacks.append(Spy())
+    t.fit(model, hf_loader())
+    assert model.returned_type.__name__ == "PendingTensor", "inside the step the unit's output is pending"
+    assert seen == [torch.Tensor, torch.Tensor], "what Lightning keeps after the step is plain"
+
+
+def test_backend_and_quota_arguments_are_checked():
+    with pytest.raises(
+        ValueError, match=r"backend='fast' is not one of auto, green_context, streams, cpu, none"
+    ):
+        MosaicStrategy(backend="fast")
+    with pytest.raises(ValueError, match=r"quota of 'vision' is 0 SMs"):
+        MosaicStrategy(quotas={"vision": 0})
+    with pytest.raises(TypeError, match=r"quota of 'llm' must be a whole number of SMs, got str: '84'"):
+        MosaicStrategy(quotas={"llm": "84"})
+    t = trainer(MosaicStrategy(quotas={"vision": 32, "text": 16}))
+    with pytest.raises(
+        ValueError, match=r"`quotas` names unknown modules \['text'\]; the modules are \['vision'"
+    ):
+        t.fit(demo_model(), demo_data())
+
+
+def test_quotas_on_cpu_are_ignored_with_a_warning(caplog):
+    from lightning_mosaic._logging import _said
+
+    _said.discard("quotas-on-cpu")
+    with caplog.at_level("WARNING", logger="lightning_mosaic"):
+        t = trainer(MosaicStrategy(quotas={"vision": 32}), max_steps=1)
+        t.fit(demo_model(), demo_data())
+    assert "SM quotas {'vision': 32} apply on a GPU; on cpu they are ignored" in caplog.text
+    assert t.strategy.engine.backend.name == "none"

@@ -1,6 +1,37 @@
-"""The execution engine: routes every unit's call, and (with a concurrent backend) runs units
-side by side under their quotas."""
+"""The execution engine: runs a model's units on their own streams, side by side, race-free.
 
+``Engine`` owns the hooks and the sync protocol; ``backends`` are where units run (green-context
+streams with SM quotas, plain CUDA streams, CPU threads, inline); ``recording`` is a fake backend
+that logs what a GPU would order, and ``races`` checks such a log.
+"""
+
+from lightning_mosaic.engine.backends import (
+    BACKENDS,
+    Backend,
+    CudaStreamBackend,
+    GreenContextBackend,
+    InlineBackend,
+    make_backend,
+)
+from lightning_mosaic.engine.cpu import CpuThreadBackend
 from lightning_mosaic.engine.engine import Engine
+from lightning_mosaic.engine.pending import PendingTensor
+from lightning_mosaic.engine.races import Entry, HappensBefore, Race, find_races
+from lightning_mosaic.engine.recording import RecordingBackend
 
-__all__ = ["Engine"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "CpuThreadBackend",
+    "CudaStreamBackend",
+    "Engine",
+    "Entry",
+    "GreenContextBackend",
+    "HappensBefore",
+    "InlineBackend",
+    "PendingTensor",
+    "Race",
+    "RecordingBackend",
+    "find_races",
+    "make_backend",
+]

@@ -1,52 +1,92 @@
-"""Route each unit's forward call through the engine with module hooks.
+"""The engine: route each unit's call onto the unit's stream, race-free, without wrapping anything.
 
-The engine never wraps a module: it registers hooks on each unit, so ``state_dict`` keys,
-checkpoints and ``isinstance`` checks stay exactly as in plain PyTorch, and :meth:`Engine.detach`
-leaves the model as it found it. The inline backend runs every unit on the caller's stream, one
-after another, as plain PyTorch does.
+The engine registers a forward pre-hook and an always-called forward hook on each unit (never a
+wrapper module, never a replaced ``forward``), so ``state_dict`` keys, checkpoints and
+``isinstance`` checks stay as in plain PyTorch and :meth:`Engine.detach` leaves the model as it
+found it. With a concurrent backend, one call runs this protocol:
+
+1. pre-hook, on the caller's stream: record an event on the caller's stream and make the unit's
+   stream wait on it (the unit sees everything the caller did before the call); inputs that are
+   pending outputs of other units are resolved for the unit's stream (it waits on their producers,
+   not the caller); every input tensor is marked as used on the unit's stream; the unit's stream
+   becomes current;
+2. the unit's forward runs on its stream; nobody waits for it;
+3. forward hook: record the unit's done-event, make the caller's stream current again, and return
+   every output tensor (in tuples, lists, dicts, dataclasses, ``ModelOutput``) as a
+   :class:`~lightning_mosaic.engine.pending.PendingTensor` that makes its first user wait.
+
+Backward needs nothing extra: autograd runs each backward op on its forward op's stream and syncs
+across streams. :meth:`join` makes the caller's stream wait for every unit stream used since the
+last join and retires the step's pending tensors; the strategy joins at the end of every step call
+and after every backward (before ``optimizer.step``). With the inline backend the hooks only count.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_mosaic._tree import map_tensors
+from lightning_mosaic.engine.backends import Backend, InlineBackend
+from lightning_mosaic.engine.pending import PendingTensor, retire
+
 
 class Engine:
-    """Owns the hooks on the units and the per-step bookkeeping.
+    """Owns the hooks on the units, the backend's streams and the per-step bookkeeping.
 
     ``calls`` counts the routed calls of each unit since :meth:`attach`; ``steps`` counts the steps
     run inside :meth:`step`.
     """
 
-    backend = "inline"
-
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend: Backend = backend or InlineBackend()
         self.modules: dict[str, nn.Module] = {}
         self.calls: Counter[str] = Counter()
         self.steps = 0
         self._handles: list[RemovableHandle] = []
+        self._frames: list[tuple[str, Any]] = []  # (unit, caller stream) of the calls in progress
+        self._dirty: dict[Any, None] = {}  # unit streams used since the last join, in order
+        self._shells: list[weakref.ref[PendingTensor]] = []
 
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self, modules: Mapping[str, nn.Module]) -> None:
-        """Hook every unit in ``modules`` (name -> module). Attaching twice is an error."""
+    def attach(
+        self,
+        modules: Mapping[str, nn.Module],
+        backend: Backend | None = None,
+        quotas: Mapping[str, int | None] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        """Hook every unit in ``modules`` (name -> module) and give it a stream of ``backend``.
+
+        ``quotas`` (unit -> SMs) go to the backend; ``device`` is where the units live.
+        Attaching twice is an error.
+        """
         if self._handles:
             raise RuntimeError(f"engine is already attached to {list(self.modules)}; call detach() first")
+        if backend is not None:
+            self.backend = backend
         self.modules = dict(modules)
         self.calls.clear()
+        self.backend.setup(list(self.modules), dict(quotas or {}), device or torch.device("cpu"))
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
+            self._handles.append(
+                module.register_forward_hook(self._post_hook(name), with_kwargs=True, always_call=True)
+            )
 
     def detach(self) -> None:
-        """Remove every hook; the modules are exactly as before :meth:`attach`."""
+        """Join, then remove every hook; the modules are exactly as before :meth:`attach`."""
+        self.join()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -54,17 +94,82 @@ class Engine:
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        """Bracket one step call (``training_step`` and friends); counted in ``steps``."""
+        """Bracket one step call (``training_step`` and friends): joins when it ends, even on error."""
         try:
             yield
         finally:
+            if self._frames:  # an exception left a unit's stream current
+                self.backend.set_current(self._frames[0][1])
+                self._frames.clear()
+            self.join()
             self.steps += 1
 
-    def _pre_hook(self, name: str) -> Callable[[nn.Module, tuple, dict], None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def join(self) -> None:
+        """The caller's stream waits for the unit streams used since the last join; pending outputs retire."""
+        backend = self.backend
+        if not backend.concurrent:
+            return
+        caller = backend.current_stream()
+        for stream in self._dirty:
+            backend.wait(caller, backend.record(stream))
+        self._dirty.clear()
+        for ref in self._shells:
+            shell = ref()
+            if shell is not None:
+                retire(shell, caller)
+        self._shells.clear()
+
+    def before_backward(self, loss: Any) -> None:
+        """Tell the backend a backward pass starts from ``loss`` (the recording fake models its streams)."""
+        if self.backend.concurrent:
+            self.backend.before_backward(loss)
+
+    def _pre_hook(self, name: str) -> Callable[[nn.Module, tuple, dict], Any]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
             self.calls[name] += 1
+            backend = self.backend
+            if not backend.concurrent:
+                return None
+            caller = backend.current_stream()
+            stream = backend.stream(name)
+            backend.on_unit_start(name, (args, kwargs))
+            backend.wait(stream, backend.record(caller))
+
+            def ready(tensor: torch.Tensor) -> torch.Tensor:
+                if type(tensor) is PendingTensor:
+                    return tensor.mosaic_resolve(stream)
+                backend.record_stream(tensor, stream)
+                return tensor
+
+            args, kwargs = map_tensors(ready, (args, kwargs))
+            self._frames.append((name, caller))
+            self._dirty[stream] = None
+            backend.set_current(stream)
+            return args, kwargs
 
         return hook
+
+    def _post_hook(self, name: str) -> Callable[[nn.Module, tuple, dict, Any], Any]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            backend = self.backend
+            if not backend.concurrent or not self._frames or self._frames[-1][0] != name:
+                return None  # inline, or our pre-hook never ran for this call
+            _, caller = self._frames.pop()
+            stream = backend.stream(name)
+            done = backend.record(stream)
+            backend.set_current(caller)
+            if output is None:
+                return None
+            backend.on_unit_end(name, output)
+            return map_tensors(lambda t: self._pending(t, done, stream), output)
+
+        return hook
+
+    def _pending(self, tensor: torch.Tensor, done: Any, stream: Any) -> PendingTensor:
+        value = tensor._mosaic_value if type(tensor) is PendingTensor else tensor
+        shell = PendingTensor.wrap(value, done, stream, self.backend)
+        self._shells.append(weakref.ref(shell))
+        return shell
 
     def __getstate__(self) -> dict[str, Any]:
         if self._handles:

@@ -43,9 +43,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_mosaic._logging import get_logger, warn_once
-from lightning_mosaic.engine import Engine
+from lightning_mosaic.engine import Backend, Engine, make_backend
+from lightning_mosaic.engine.backends import check_backend
+from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph, trace
-from lightning_mosaic.planner import Plan, temporal_plan
+from lightning_mosaic.planner import Plan, concurrent_plan, device_name, temporal_plan
 from lightning_mosaic.selection import check_names, select_modules
 
 if TYPE_CHECKING:
@@ -64,6 +66,12 @@ class MosaicStrategy(ParallelStrategy):
             ``["model.vision_tower", "model.language_model"]``). ``None`` picks the LightningModule's
             children that own parameters (descending through a single wrapper child such as
             ``self.model``).
+        backend: where units run: ``"auto"`` (green contexts on a GPU whose torch offers them, else
+            plain CUDA streams, else inline), ``"green_context"``, ``"streams"``, ``"cpu"``,
+            ``"none"`` (inline), or a :class:`~lightning_mosaic.engine.Backend` instance.
+        quotas: SMs per unit on a GPU, e.g. ``{"vision": 32, "audio": 16, "llm": 84}``; units not
+            listed use the whole GPU. Counts round to the hardware granularity (logged as requested
+            vs granted).
         start_method: how processes start when there are several devices: ``"popen"`` (re-run the
             script, like ``strategy="ddp"``), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
         process_group_backend: ``torch.distributed`` backend; default gloo on CPU, NCCL on GPU.
@@ -80,6 +88,8 @@ class MosaicStrategy(ParallelStrategy):
     def __init__(
         self,
         modules: Sequence[str] | None = None,
+        backend: str | Backend = "auto",
+        quotas: dict[str, int] | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -100,6 +110,8 @@ class MosaicStrategy(ParallelStrategy):
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r} is not one of {', '.join(START_METHODS)}")
         self.module_names = check_names(modules)
+        self.backend = check_backend(backend)
+        self.quotas = check_quotas(quotas)
         self._start_method = start_method
         self._process_group_backend = process_group_backend
         self._timeout = timeout
@@ -237,6 +249,7 @@ class MosaicStrategy(ParallelStrategy):
         return tensor
 
     def pre_backward(self, closure_loss: Tensor) -> None:
+        self.engine.before_backward(closure_loss)
         if (
             isinstance(self.model, DistributedDataParallel)
             and not self.lightning_module.automatic_optimization
@@ -244,6 +257,7 @@ class MosaicStrategy(ParallelStrategy):
             prepare_for_backward(self.model, closure_loss)
 
     def post_backward(self, closure_loss: Tensor) -> None:
+        self.engine.join()  # before optimizer.step: the caller's stream waits for every unit stream
         # Manual optimization with ``static_graph=True``: DDP's first-iteration flush of the all-reduces.
         model = self.model
         if (
@@ -310,7 +324,17 @@ class MosaicStrategy(ParallelStrategy):
         if key != self._units_key:
             self.graph, self.plan = None, None  # another model or another selection: trace again
             self._units_key = key
-        self.engine.attach(self.units)
+        device = self.root_device
+        backend = make_backend(self.backend, device)
+        sm_count = (
+            torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+        )
+        quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
+        if quotas and device.type != "cuda" and backend.name != "recording":
+            warn_once(
+                log, "quotas-on-cpu", f"SM quotas {quotas} apply on a GPU; on {device} they are ignored"
+            )
+        self.engine.attach(self.units, backend=backend, quotas=quotas, device=device)
 
     def _should_trace(self, stage: str) -> bool:
         if self.graph is not None or not self.units:
@@ -325,11 +349,15 @@ class MosaicStrategy(ParallelStrategy):
                 return step(*args, **kwargs)
             graph, out = trace(self.units, lambda: step(*args, **kwargs))
             self.graph = graph
-            self.plan = temporal_plan(graph, self.root_device)
-            if self.is_global_zero:
-                log.info(
-                    f"{graph.describe()}\n{self.plan.describe()}\n  engine backend: {self.engine.backend}"
+            backend = self.engine.backend
+            if backend.concurrent:
+                self.plan = concurrent_plan(
+                    graph, self.quotas, self.root_device, method=f"{backend.name} backend"
                 )
+            else:
+                self.plan = temporal_plan(graph, self.root_device)
+            if self.is_global_zero:
+                log.info(f"{graph.describe()}\n{self.plan.describe()}\n{backend.describe()}")
             return out
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:

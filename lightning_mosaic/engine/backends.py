@@ -1,0 +1,203 @@
+"""Where units run: the small stream/event interface of the engine, and its backends.
+
+The engine's sync protocol (``engine.py``) is written against :class:`Backend`: create a stream per
+unit, make a stream current, record an event on a stream, make a stream wait on an event, and
+mark a tensor as used on a stream (so the CUDA caching allocator does not hand its memory to
+another stream too early). Backends:
+
+- ``green_context``: CUDA streams inside green contexts holding each unit's SM quota;
+- ``streams``: plain CUDA streams, one per unit, no quotas (units still overlap);
+- ``cpu``: units run inline; explicit parallel regions run in worker threads whose intra-op
+  thread count is the quota (``engine/cpu.py``, used by the profiler);
+- ``none``: inline on the caller's stream, as plain PyTorch;
+- a recording fake for tests on CPU (``engine/recording.py``).
+
+:func:`make_backend` picks one (``"auto"``: green contexts where CUDA and the API are present, else
+streams, else inline) and says once in the log why it fell back when it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lightning_mosaic._logging import get_logger, warn_once
+from lightning_mosaic.engine import green
+from lightning_mosaic.engine.green import Grant
+
+log = get_logger(__name__)
+BACKENDS = ("auto", "green_context", "streams", "cpu", "none")
+
+
+class Backend:
+    """Streams and events for the units. The base class runs everything inline (no concurrency)."""
+
+    name = "none"
+    summary = "inline: every unit on the caller's stream, one after another"
+    concurrent = False  # True: every unit has its own stream and the sync protocol is active
+
+    def __init__(self) -> None:
+        self.streams: dict[str, Any] = {}
+        self.grants: dict[str, Grant] = {}
+        self.notes: list[str] = []
+
+    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+        """Prepare a stream for every unit, under its quota where this backend enforces quotas."""
+
+    def stream(self, unit: str) -> Any:
+        return self.streams[unit]
+
+    def current_stream(self) -> Any:
+        return None
+
+    def set_current(self, stream: Any) -> None:
+        pass
+
+    def record(self, stream: Any) -> Any:
+        """Record an event on ``stream`` and return it."""
+        return None
+
+    def wait(self, stream: Any, event: Any) -> None:
+        """Make ``stream`` wait for ``event`` (no host synchronisation)."""
+
+    def record_stream(self, tensor: torch.Tensor, stream: Any) -> None:
+        """Mark ``tensor``'s memory as in use on ``stream`` until the work queued there is done."""
+
+    def on_unit_start(self, unit: str, inputs: Any) -> None:
+        """Called on the caller's stream before ``unit`` runs on ``inputs``."""
+
+    def on_unit_end(self, unit: str, outputs: Any) -> None:
+        """Called after ``unit`` returned ``outputs``, with the caller's stream current again."""
+
+    def before_backward(self, loss: Any) -> None:
+        """Called before a backward pass from ``loss``."""
+
+    def describe(self) -> str:
+        """One line per unit: its stream and its quota, requested vs granted."""
+        lines = [f"engine backend: {self.name} ({self.summary})"]
+        for unit, g in self.grants.items():
+            want = "whole device" if g.requested is None else f"{g.requested} SMs"
+            got = f"{g.granted} SMs (own partition)" if g.partitioned else "the whole device"
+            lines.append(f"  {unit}: requested {want}, granted {got}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+class InlineBackend(Backend):
+    """Every unit on the caller's stream, one after another: plain PyTorch."""
+
+    name = "none"
+
+
+class CudaStreamBackend(Backend):
+    """One CUDA stream per unit, no SM quotas: units overlap wherever the GPU has room."""
+
+    name = "streams"
+    summary = "one CUDA stream per unit, no SM quotas"
+    concurrent = True
+
+    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+        self.device = device
+        self.streams = self._streams(units, quotas, device)
+
+    def _streams(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> dict:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
+        if any(q is not None for q in quotas.values()):
+            warn_once(
+                log,
+                "streams-quotas",
+                f"SM quotas {dict(quotas)} are not enforced by the 'streams' backend: every unit may use the"
+                " whole GPU",
+            )
+        return {u: torch.cuda.Stream(device) for u in units}
+
+    def current_stream(self) -> Any:
+        return torch.cuda.current_stream(self.device)
+
+    def set_current(self, stream: Any) -> None:
+        torch.cuda.set_stream(stream)
+
+    def record(self, stream: Any) -> Any:
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    def wait(self, stream: Any, event: Any) -> None:
+        stream.wait_event(event)
+
+    def record_stream(self, tensor: torch.Tensor, stream: Any) -> None:
+        if tensor.is_cuda:
+            tensor.record_stream(stream)
+
+
+class GreenContextBackend(CudaStreamBackend):
+    """CUDA streams inside green contexts: each unit with a quota runs on its own SMs."""
+
+    name = "green_context"
+    summary = "one CUDA stream per unit, inside a green context holding its SM quota"
+
+    def __init__(self, api: green.GreenContextAPI) -> None:
+        super().__init__()
+        self.api = api
+        self.contexts: list[Any] = []
+
+    def _streams(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> dict:
+        props = torch.cuda.get_device_properties(device)
+        minimum, multiple = green.granularity((props.major, props.minor))
+        self.grants = green.grant(
+            {u: quotas.get(u) for u in units}, props.multi_processor_count, minimum, multiple
+        )
+        streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device)
+        self.notes.insert(
+            0, f"green-context API: {self.api.describe()}; SM granularity {multiple} (min {minimum})"
+        )
+        for unit in units:
+            streams.setdefault(unit, torch.cuda.Stream(device))  # no quota: the whole GPU
+        return streams
+
+
+def check_backend(spec: str | Backend) -> str | Backend:
+    """``spec`` if it names a backend or is one; a ``ValueError`` listing the names otherwise."""
+    if not isinstance(spec, Backend) and spec not in BACKENDS:
+        raise ValueError(f"backend={spec!r} is not one of {', '.join(BACKENDS)}, or a Backend instance")
+    return spec
+
+
+def make_backend(spec: str | Backend, device: torch.device) -> Backend:
+    """The backend for ``spec`` on ``device``, falling back (and saying so once) where it must."""
+    if isinstance(check_backend(spec), Backend):
+        return spec
+    if spec == "none":
+        return InlineBackend()
+    if spec == "cpu":
+        from lightning_mosaic.engine.cpu import CpuThreadBackend
+
+        return CpuThreadBackend()
+    if device.type != "cuda":
+        if spec != "auto":
+            warn_once(
+                log,
+                f"backend-{spec}-no-cuda",
+                f"backend={spec!r} needs a CUDA device but the model is on {device}; units run inline",
+            )
+        return InlineBackend()
+    if spec == "streams":
+        return CudaStreamBackend()
+    api = green.detect()
+    if api is not None and api.usable:
+        return GreenContextBackend(api)
+    reason = (
+        "this torch has no torch.cuda.green_contexts"
+        if api is None
+        else f"this torch's green-context API cannot bind a stream to a context ({api.describe()})"
+    )
+    warn_once(
+        log,
+        "green-context-fallback",
+        f"SM quotas are not enforced: {reason}; units run on plain CUDA streams and may each use the"
+        " whole GPU",
+    )
+    return CudaStreamBackend()

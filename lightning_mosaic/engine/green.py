@@ -1,0 +1,189 @@
+"""SM quotas on NVIDIA GPUs through ``torch.cuda.green_contexts``, whatever shape its API has.
+
+The API changed in every torch release from 2.10 to 2.15, so this module detects features instead
+of comparing versions:
+
+- creation: ``GreenContext.create(num_sms=..., device_id=...)`` exists in every release (a
+  constructor with the same keywords from 2.14);
+- a stream bound to the context: ``ctx.Stream()`` (2.12 and later). Earlier releases only offer
+  ``set_context()`` / ``pop_context()``, which cannot bind a PyTorch stream to the context, so
+  there the API counts as unusable and the engine falls back to plain streams, loudly;
+- disjoint partitions: ``SMPartition.from_device().split(num_sms=[...])`` (2.15) carves SM groups
+  that never overlap, and ``GreenContext(sm_partition=...)`` runs on one. Without it, contexts are
+  created one by one and the driver may place them on overlapping SMs.
+
+SM counts round to the hardware's granularity (8 SMs on Hopper and later, 2 on Ampere and Volta,
+with minimums of 8, 4 and 2) and are reported as requested vs granted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class GreenContextAPI:
+    """What this torch build's ``torch.cuda.green_contexts`` offers."""
+
+    module: Any  # the torch.cuda.green_contexts module (or a stand-in with the same shape)
+    has_stream: bool  # GreenContext objects have .Stream()
+    has_split: bool  # SMPartition.from_device().split() for disjoint partitions
+
+    @property
+    def usable(self) -> bool:
+        return self.has_stream
+
+    def describe(self) -> str:
+        parts = ["GreenContext.create", "ctx.Stream()" if self.has_stream else "no ctx.Stream()"]
+        parts.append("SMPartition.split (disjoint partitions)" if self.has_split else "no SMPartition.split")
+        return ", ".join(parts)
+
+
+def detect(module: Any = None) -> GreenContextAPI | None:
+    """The green-context API of ``module`` (default: ``torch.cuda.green_contexts``), or None if absent."""
+    if module is None:
+        try:
+            from torch.cuda import green_contexts as module  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    if getattr(module, "SUPPORTED", True) is False:
+        return None
+    context = getattr(module, "GreenContext", None)
+    if context is None or not hasattr(context, "create"):
+        return None
+    partition = getattr(module, "SMPartition", None)
+    return GreenContextAPI(
+        module=module,
+        has_stream=callable(getattr(context, "Stream", None)),
+        has_split=partition is not None and hasattr(partition, "from_device") and hasattr(partition, "split"),
+    )
+
+
+def granularity(capability: tuple[int, int]) -> tuple[int, int]:
+    """``(minimum, multiple)`` of a green context's SM count for a compute capability."""
+    major = capability[0]
+    if major >= 9:
+        return 8, 8
+    if major == 8:
+        return 4, 2
+    if major == 7:
+        return 2, 2
+    return 1, 1
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The SMs a unit asked for and the SMs it got."""
+
+    requested: int | None  # None: the whole device
+    granted: int  # SMs it may use
+    partitioned: bool  # True when running in a green context (False: the whole device)
+
+
+def grant(
+    requested: Mapping[str, int | None], sm_count: int, minimum: int, multiple: int
+) -> dict[str, Grant]:
+    """Round each request to the hardware granularity and make co-running requests fit together.
+
+    A request rounds to the nearest multiple (ties up), at least ``minimum``; one at or above the
+    largest partition the device can hold (``sm_count`` rounded down to ``multiple``) runs on the
+    whole device. When the rounded requests add up to more than the device, the largest ones give
+    back one multiple at a time until they fit (never below ``minimum``); if that cannot make them
+    fit, each keeps its rounded size and the partitions overlap.
+    """
+    largest = (sm_count // multiple) * multiple
+    out: dict[str, int] = {}
+    for name, want in requested.items():
+        if want is None or want >= sm_count:
+            continue
+        rounded = max(minimum, multiple * math.floor(want / multiple + 0.5))
+        if rounded < largest:
+            out[name] = rounded
+    while sum(out.values()) > sm_count:
+        name = max(out, key=lambda n: out[n])
+        if out[name] - multiple < minimum:
+            break
+        out[name] -= multiple
+    return {
+        name: Grant(want, out[name], True) if name in out else Grant(want, sm_count, False)
+        for name, want in requested.items()
+    }
+
+
+def make_streams(
+    api: GreenContextAPI, grants: dict[str, Grant], device: torch.device
+) -> tuple[dict[str, Any], list[Any], list[str]]:
+    """A stream per partitioned unit, inside a green context of its granted size.
+
+    Returns the streams, the contexts (keep them alive as long as their streams) and notes for the
+    log. With ``SMPartition.split`` the partitions are carved in one split and are disjoint, and
+    ``grants`` is updated with the SM counts CUDA reports; otherwise each context is created on its
+    own and the driver may overlap them.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    names = [name for name, g in grants.items() if g.partitioned]
+    notes: list[str] = []
+    contexts: dict[str, Any] = {}
+    if names and api.has_split and sum(grants[n].granted for n in names) <= _device_sms(index):
+        whole = api.module.SMPartition.from_device(device_id=index)
+        parts, _rest = whole.split(num_sms=[grants[n].granted for n in names])
+        for name, part in zip(names, parts, strict=True):
+            contexts[name] = api.module.GreenContext(sm_partition=part)
+            reported = getattr(part, "sm_count", None)
+            if isinstance(reported, int):
+                grants[name] = Grant(grants[name].requested, reported, True)
+        notes.append(f"disjoint SM partitions from one split: {', '.join(names)}")
+    else:
+        for name in names:
+            contexts[name] = api.module.GreenContext.create(num_sms=grants[name].granted, device_id=index)
+        if len(names) > 1:
+            notes.append(
+                "green contexts created one by one (no SMPartition.split in this torch, or the quotas exceed"
+                " the device): the driver may place them on overlapping SMs"
+            )
+    streams = {name: ctx.Stream() for name, ctx in contexts.items()}
+    return streams, list(contexts.values()), notes
+
+
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def check_quotas(
+    quotas: Mapping[str, int] | None,
+    units: Sequence[str] | None = None,
+    sm_count: int | None = None,
+    device: str = "the device",
+) -> dict[str, int]:
+    """Validate user-given SM quotas ``{unit: SMs}``; returns them as a dict.
+
+    Without ``units`` / ``sm_count`` only the shape is checked (names are strings, quotas positive
+    whole numbers); with them, every name must be a unit and no quota may exceed the SM count.
+    """
+    if quotas is None:
+        return {}
+    if not isinstance(quotas, Mapping):
+        raise TypeError(
+            f"`quotas` must map module names to SM counts, got {type(quotas).__name__}: {quotas!r}"
+        )
+    for name, sms in quotas.items():
+        if not isinstance(name, str):
+            raise TypeError(f"`quotas` keys must be module names (str), got {type(name).__name__}: {name!r}")
+        if not isinstance(sms, int) or isinstance(sms, bool):
+            raise TypeError(
+                f"quota of {name!r} must be a whole number of SMs, got {type(sms).__name__}: {sms!r}"
+            )
+        if sms <= 0:
+            raise ValueError(f"quota of {name!r} is {sms} SMs; a quota must be at least 1 SM")
+        if sm_count is not None and sms > sm_count:
+            raise ValueError(f"quota of {name!r} is {sms} SMs but {device} has {sm_count} SMs")
+    if units is not None:
+        unknown = [name for name in quotas if name not in units]
+        if unknown:
+            raise ValueError(f"`quotas` names unknown modules {unknown}; the modules are {list(units)}")
+    return dict(quotas)
