@@ -257,12 +257,14 @@ class _Tracer:
 
     def __enter__(self) -> _Tracer:
         for name, module in self.modules.items():
-            # The pre-hook runs first (sees the inputs as the caller passed them); the forward hook
-            # runs last (tags the very objects the caller receives).
+            # The pre-hook runs after hooks registered before it (the engine's, which replaces
+            # pending inputs with the real tensors the unit computes on); the forward hook runs
+            # first (it tags the real outputs, before the engine hands them out as pending shells,
+            # whose every use runs on those real outputs).
+            self.handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
             self.handles.append(
-                module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True, prepend=True)
+                module.register_forward_hook(self._post_hook(name), with_kwargs=True, prepend=True)
             )
-            self.handles.append(module.register_forward_hook(self._post_hook(name), with_kwargs=True))
         self.taint.__enter__()
         return self
 

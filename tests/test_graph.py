@@ -189,3 +189,17 @@ def test_trace_marks_frozen_units():
     graph, _ = trace(select_modules(model), lambda: model(*_demo_batch()))
     assert graph.frozen == ["vision"]
     assert "frozen" in graph.describe()
+
+
+def test_trace_through_the_engine_with_pending_outputs():
+    """Under a concurrent backend units return pending shells; the traced graph is the same."""
+    from lightning_mosaic.engine import Engine, RecordingBackend
+
+    model = demo_model()
+    units = select_modules(model)
+    engine = Engine()
+    engine.attach(units, backend=RecordingBackend())
+    with engine.step():
+        graph, _ = trace(units, lambda: model(*_demo_batch()))
+    engine.detach()
+    assert graph.inputs == {"vision": [], "audio": [], "projector": ["vision", "audio"], "llm": ["projector"]}

@@ -443,6 +443,9 @@ def test_recording_backend_trains_bitwise_equal_and_race_free(make):
         "no pending tensor in logged values"
     )
     assert all(type(v) is torch.Tensor for v in model.state_dict().values())
+    inline = trainer("mosaic", max_steps=1)
+    inline.fit(model_fn(), data_fn())
+    assert t.strategy.graph.inputs == inline.strategy.graph.inputs, "traced through pending outputs alike"
     plan = t.strategy.plan
     assert plan.method == "recording backend" and not plan.is_temporal
     assert plan.phases[0].modules == t.strategy.graph.levels()[0]
