@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run, sized for under 7 minutes on one H100/H200.
 # Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the GPU-marked
-# tests, and the engine-overhead benchmark. Run from a checkout: bash benchmarks/gpu_check.sh
+# tests, the engine check (green-context API, SM grants, quota speed, overlap, numerics), the
+# engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
+#   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
@@ -24,7 +26,7 @@ json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info, indent=2))
 PY
 
-timeout 300 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
+timeout 240 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
 python - "$OUT/gpu_tests.xml" "$OUT/gpu_tests.json" <<'PY' || status=1
 import json, sys, xml.etree.ElementTree as ET
 cases = []
@@ -45,8 +47,30 @@ json.dump({"summary": summary, "cases": cases}, open(sys.argv[2], "w"), indent=2
 print(summary)
 PY
 
-timeout 150 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 40 --rounds 4 \
+timeout 120 python benchmarks/engine_check.py --out "$OUT/engine_check.json" || status=1
+
+timeout 120 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 40 --rounds 4 \
     --out "$OUT/overhead.json" || status=1
+
+# compute-sanitizer's racecheck on a two-step run of the demo with units on their own streams.
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    timeout 100 compute-sanitizer --tool racecheck --print-limit 20 \
+        python -m lightning_mosaic demo --size tiny --steps 2 --batch-size 2 --accelerator gpu --backend streams \
+        > "$OUT/racecheck.log" 2>&1
+    code=$?
+    python - "$OUT/racecheck.log" "$OUT/racecheck.json" "$code" <<'PY' || status=1
+import json, re, sys
+text = open(sys.argv[1]).read()
+summary = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", text)
+hazards = [list(map(int, s)) for s in summary]
+json.dump({"exit_code": int(sys.argv[3]), "summary_lines": hazards,
+           "hazards": sum(h[0] for h in hazards), "no_hazard_line": "0 hazards displayed" in text,
+           "tail": text[-3000:]}, open(sys.argv[2], "w"), indent=2)
+print("racecheck:", hazards or "no summary line", "exit", sys.argv[3])
+PY
+else
+    echo '{"skipped": "compute-sanitizer not found"}' > "$OUT/racecheck.json"
+fi
 
 echo "gpu_check: results in $OUT (exit $status)"
 exit $status

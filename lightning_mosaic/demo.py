@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_mosaic.engine import BACKENDS
 from lightning_mosaic.lightning import MosaicStrategy
 
 
@@ -258,6 +259,16 @@ class DemoDataModule(L.LightningDataModule):
         return self._loader(3)
 
 
+def _parse_quotas(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, int] | None:
+    quotas = {}
+    for item in items:
+        name, _, sms = item.partition("=")
+        if not name or not sms.isdigit():
+            parser.error(f"--quota takes MODULE=SMS with a whole number of SMs, got {item!r}")
+        quotas[name] = int(sms)
+    return quotas or None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the demo model under ``strategy="mosaic"`` and print the module graph and the plan."""
     parser = argparse.ArgumentParser(prog="lightning-mosaic demo", description=main.__doc__)
@@ -270,6 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", default="1", help="number of devices (default: 1)")
     parser.add_argument("--precision", default="32-true", help="Lightning precision (default: 32-true)")
     parser.add_argument("--freeze-vision", action="store_true", help="freeze the vision encoder")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="where units run (default: auto)")
+    parser.add_argument(
+        "--quota",
+        action="append",
+        default=[],
+        metavar="MODULE=SMS",
+        help="SM quota of a module on a GPU, e.g. --quota vision=32 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
@@ -278,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     L.seed_everything(args.seed, verbose=False)
     model = DemoMultimodalModel(args.size, freeze_vision=args.freeze_vision)
     data = DemoDataModule(args.size, batch_size=args.batch_size, num_samples=args.steps * args.batch_size)
-    strategy = MosaicStrategy()
+    strategy = MosaicStrategy(backend=args.backend, quotas=_parse_quotas(parser, args.quota))
     trainer = L.Trainer(
         strategy=strategy,
         accelerator=args.accelerator,

@@ -18,6 +18,16 @@ def test_demo_trains_and_prints_graph_and_plan(capsys):
     assert "routed calls per module: {'vision': 3, 'audio': 3, 'projector': 3, 'llm': 3}" in out
 
 
+def test_demo_with_quotas_on_cpu_says_they_are_ignored(capsys, caplog):
+    from lightning_mosaic._logging import _said
+
+    _said.discard("quotas-on-cpu")
+    with caplog.at_level("WARNING", logger="lightning_mosaic"):
+        assert main(["--size", "tiny", "--steps", "1", "--batch-size", "2", "--quota", "vision=32"]) == 0
+    assert "SM quotas {'vision': 32} apply on a GPU; on cpu they are ignored" in caplog.text
+    assert "engine backend: none" in capsys.readouterr().out
+
+
 def test_demo_frozen_vision(capsys):
     assert main(["--size", "tiny", "--steps", "2", "--batch-size", "2", "--freeze-vision"]) == 0
     assert "frozen" in capsys.readouterr().out
@@ -28,6 +38,8 @@ def test_demo_frozen_vision(capsys):
     [
         (["--steps", "0"], "--steps and --batch-size must be >= 1, got 0 and 8"),
         (["--size", "huge"], "invalid choice: 'huge'"),
+        (["--quota", "vision:32"], "--quota takes MODULE=SMS with a whole number of SMs, got 'vision:32'"),
+        (["--backend", "fast"], "invalid choice: 'fast'"),
     ],
 )
 def test_demo_rejects_bad_arguments(capsys, argv, message):

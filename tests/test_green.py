@@ -145,3 +145,18 @@ def test_make_streams_without_split_creates_contexts_one_by_one():
     assert [streams["vision"].ctx, streams["audio"].ctx] == contexts
     assert [c.num_sms for c in contexts] == [32, 16]
     assert "the driver may place them on overlapping SMs" in notes[0]
+
+
+def test_a_failing_split_falls_back_to_contexts_one_by_one(monkeypatch):
+    module = fake_api("2.15")
+
+    def too_old(self, *, num_sms=0):
+        raise RuntimeError("Green Context disjoint SM splits require user mode driver 13.1+")
+
+    monkeypatch.setattr(module.SMPartition, "split", too_old)
+    monkeypatch.setattr(green, "_device_sms", lambda index: 132)
+    grants = grant({"vision": 32, "audio": 16}, 132, 8, 8)
+    streams, contexts, notes = make_streams(detect(module), grants, torch.device("cuda", 0))
+    assert set(streams) == {"vision", "audio"} and [c.num_sms for c in contexts] == [32, 16]
+    assert notes[0].startswith("SMPartition.split failed (Green Context disjoint SM splits require")
+    assert "overlapping SMs" in notes[1]

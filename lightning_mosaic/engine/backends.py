@@ -150,7 +150,19 @@ class GreenContextBackend(CudaStreamBackend):
         self.grants = green.grant(
             {u: quotas.get(u) for u in units}, props.multi_processor_count, minimum, multiple
         )
-        streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device)
+        try:
+            streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device)
+        except Exception as err:  # a driver or build without green-context support
+            warn_once(
+                log,
+                "green-context-failed",
+                f"green contexts could not be created ({type(err).__name__}: {err}); units run on plain CUDA"
+                " streams and SM quotas are not enforced",
+            )
+            sms = props.multi_processor_count
+            self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
+            self.notes = [f"green contexts failed: {err}"]
+            return {u: torch.cuda.Stream(device) for u in units}
         self.notes.insert(
             0, f"green-context API: {self.api.describe()}; SM granularity {multiple} (min {minimum})"
         )

@@ -130,15 +130,21 @@ def make_streams(
     notes: list[str] = []
     contexts: dict[str, Any] = {}
     if names and api.has_split and sum(grants[n].granted for n in names) <= _device_sms(index):
-        whole = api.module.SMPartition.from_device(device_id=index)
-        parts, _rest = whole.split(num_sms=[grants[n].granted for n in names])
-        for name, part in zip(names, parts, strict=True):
-            contexts[name] = api.module.GreenContext(sm_partition=part)
-            reported = getattr(part, "sm_count", None)
-            if isinstance(reported, int):
-                grants[name] = Grant(grants[name].requested, reported, True)
-        notes.append(f"disjoint SM partitions from one split: {', '.join(names)}")
-    else:
+        try:
+            whole = api.module.SMPartition.from_device(device_id=index)
+            parts, _rest = whole.split(num_sms=[grants[n].granted for n in names])
+            for name, part in zip(names, parts, strict=True):
+                contexts[name] = api.module.GreenContext(sm_partition=part)
+        except Exception as err:  # e.g. a driver older than the split API needs
+            contexts.clear()
+            notes.append(f"SMPartition.split failed ({err}); creating the contexts one by one")
+        else:
+            for name, part in zip(names, parts, strict=True):
+                reported = getattr(part, "sm_count", None)
+                if isinstance(reported, int):
+                    grants[name] = Grant(grants[name].requested, reported, True)
+            notes.append(f"disjoint SM partitions from one split: {', '.join(names)}")
+    if not contexts:
         for name in names:
             contexts[name] = api.module.GreenContext.create(num_sms=grants[name].granted, device_id=index)
         if len(names) > 1:
