@@ -217,7 +217,31 @@ class MosaicStrategy(ParallelStrategy):
         # https://pytorch.org/docs/stable/notes/cuda.html#id5: construct DDP on a side stream
         ctx = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()
         with ctx:
-            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+            ddp = DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+        if device_ids is not None:
+            ddp.register_comm_hook(state=None, hook=self._allreduce_after_units())
+        return ddp
+
+    def _allreduce_after_units(self) -> Callable[[Any, Any], Any]:
+        """A DDP comm hook: all-reduce a bucket only after every unit stream's queued work.
+
+        DDP copies each gradient into its bucket on the stream current when the gradient is ready
+        (a unit's stream in backward) and starts the all-reduce after the current stream alone, so
+        the bucket could hold copies still in flight on other unit streams.
+        """
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        engine = self.engine
+
+        def hook(state: Any, bucket: Any) -> Any:
+            if engine.backend.concurrent:
+                current = torch.cuda.current_stream()
+                for stream in engine.backend.streams.values():
+                    if stream != current:
+                        current.wait_stream(stream)
+            return allreduce_hook(state, bucket)
+
+        return hook
 
     def _device_ids(self) -> list[int] | None:
         return None if self.root_device.type == "cpu" else [self.root_device.index]
