@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import demo_data, demo_model, hf_loader, hf_model, parameters, trainer
-from torch import nn
 
 from lightning_mosaic import MosaicStrategy
-from lightning_mosaic.engine import Engine, make_backend
 from lightning_mosaic.engine.green import detect
 
 pytestmark = pytest.mark.gpu
@@ -69,78 +70,15 @@ def test_each_gpu_backend_allclose_to_plain_lightning(backend):
     _assert_close(plain, mosaic, rtol=1e-5, atol=1e-6)
 
 
-class TimedEncoder(nn.Module):
-    """Many small matmuls (a GPU-underusing encoder); records CUDA events at its start and end."""
-
-    def __init__(self, width: int = 256, depth: int = 64) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-    def forward(self, x):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()  # on the current stream: the unit's own
-        for layer in self.layers:
-            x = torch.relu(layer(x))
-        end.record()
-        self.events.append((start, end))
-        return x
-
-
-class TwoEncoders(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = TimedEncoder(), TimedEncoder()
-
-    def forward(self, x, y):
-        return (self.a(x) + self.b(y)).sum()
-
-
-def _intervals(backend: str):
-    from lightning_mosaic.selection import select_modules
-
-    model = TwoEncoders().cuda()
-    engine = Engine()
-    engine.attach(
-        select_modules(model),
-        backend=make_backend(backend, torch.device("cuda")),
-        device=torch.device("cuda"),
-    )
-    x, y = torch.randn(8, 256, device="cuda"), torch.randn(8, 256, device="cuda")
-    for _ in range(3):  # warm up
-        with engine.step():
-            model(x, y)
-    reference = torch.cuda.Event(enable_timing=True)
-    reference.record()
-    with engine.step():
-        model(x, y)
-    torch.cuda.synchronize()
-    engine.detach()
-    (a0, a1), (b0, b1) = model.a.events[-1], model.b.events[-1]
-    return [(reference.elapsed_time(s), reference.elapsed_time(e)) for s, e in ((a0, a1), (b0, b1))]
+ENGINE_CHECK = runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "engine_check.py"))
 
 
 def test_streams_run_the_two_encoders_kernels_overlapping():
-    (a_start, a_end), (b_start, b_end) = _intervals("streams")
-    assert b_start < a_end and a_start < b_end, (
-        f"a [{a_start:.3f}, {a_end:.3f}] ms, b [{b_start:.3f}, {b_end:.3f}] ms"
-    )
-    (a_start, a_end), (b_start, b_end) = _intervals("none")
-    assert b_start >= a_end, "inline: one after the other"
-
-
-def _matmul_ms(stream) -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            a @ a  # warm up
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            a @ a
-        end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end)
+    streams = ENGINE_CHECK["overlap"]("streams")
+    a, b = streams["encoder_a_ms"], streams["encoder_b_ms"]
+    assert streams["overlapping"] and b[0] < a[1] and a[0] < b[1], streams
+    inline = ENGINE_CHECK["overlap"]("none")
+    assert not inline["overlapping"], f"inline: one after the other {inline}"
 
 
 @pytest.mark.skipif(detect() is None or not detect().usable, reason="no usable torch.cuda.green_contexts")
@@ -153,8 +91,8 @@ def test_a_quarter_of_the_sms_takes_about_four_times_as_long():
         {"quarter": props.multi_processor_count // 4}, props.multi_processor_count, minimum, multiple
     )
     streams, _contexts, _ = make_streams(detect(), grants, torch.device("cuda", 0))  # contexts: keep alive
-    full = _matmul_ms(torch.cuda.Stream())
-    quarter = _matmul_ms(streams["quarter"])
+    full = ENGINE_CHECK["matmul_ms"](torch.cuda.Stream())
+    quarter = ENGINE_CHECK["matmul_ms"](streams["quarter"])
     expected = props.multi_processor_count / grants["quarter"].granted
     assert 0.6 * expected < quarter / full < 1.5 * expected, (full, quarter, grants)
 
