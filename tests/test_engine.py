@@ -259,3 +259,18 @@ def test_a_forward_that_raises_restores_the_callers_stream():
     with pytest.raises(RuntimeError, match="boom"), engine.step():
         root.boom(torch.ones(2))
     assert backend.current_stream() is backend.caller
+
+
+def test_a_unit_called_twice_per_step_waits_for_its_second_input():
+    model, engine = _units_run(steps=1)
+    log = engine.backend.log
+    hb = HappensBefore(log)
+    shared = _forward(log, "shared")
+    half = len(shared) // 2
+    first_call, second_call = shared[:half], shared[half:]
+    assert first_call and second_call
+    nested = _forward(log, "nested")
+    assert all(hb.ordered(n, s) for n in nested for s in second_call), "the 2nd call consumes nested's output"
+    done_events = [e.event for e in log if e.kind == "record" and e.stream == "shared"]
+    assert len(done_events) >= 2 and len(set(done_events)) == len(done_events), "one done-event per call"
+    _assert_race_free(engine, model)

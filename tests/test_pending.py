@@ -97,3 +97,11 @@ def test_pickle_and_deepcopy_give_plain_tensors():
     torch.save(saved, buffer)
     buffer.seek(0)
     assert type(torch.load(buffer)["x"]) is torch.Tensor
+
+
+def test_hashing_and_printing():
+    backend, _, shell = make()
+    assert hash(shell) == id(shell) and shell in {shell}
+    assert waits(backend) == [], "hashing reads no data"
+    assert "tensor([" in repr(shell)
+    assert waits(backend) == [("caller", 1)], "printing does"
