@@ -89,12 +89,15 @@ def test_two_encoder_model_is_race_free_and_its_encoders_concurrent():
     one = train_recorded(fresh, lambda step: fresh._loss(demo_batch(step)), steps=1)
     log = one.backend.log
     hb = HappensBefore(log)
-    vision, audio = _forward(log, "vision"), _forward(log, "audio")
+    vision, audio = one.backend.launches("vision", "forward"), one.backend.launches("audio", "forward")
     assert vision and audio
     assert hb.concurrent(vision, audio), (
         "the audio encoder never waits for the vision encoder, nor vice versa"
     )
-    assert all(hb.ordered(v, p) for v in vision for p in _forward(log, "projector")), "the projector waits"
+    projector = one.backend.launches("projector", "forward")
+    assert all(hb.ordered(v, p) for v in vision for p in projector), (
+        "the projector waits for the vision encoder"
+    )
     backward = {e.stream for e in log if e.kind == "launch" and e.phase == "backward"}
     assert {"vision", "audio", "projector", "llm"} <= backward, "backward runs on the units' streams"
 
@@ -106,8 +109,8 @@ def test_hugging_face_model_is_race_free_and_its_encoders_concurrent():
     _assert_race_free(engine, model)
     log = engine.backend.log
     first_backward = next(i for i, e in enumerate(log) if e.phase == "backward")
-    vision = [i for i in _forward(log, "vision") if i < first_backward]
-    audio = [i for i in _forward(log, "audio") if i < first_backward]
+    vision = [i for i in engine.backend.launches("vision", "forward") if i < first_backward]
+    audio = [i for i in engine.backend.launches("audio", "forward") if i < first_backward]
     assert HappensBefore(log).concurrent(vision, audio)
 
 
@@ -204,8 +207,12 @@ def test_user_code_waits_for_the_output_it_reads_first():
     log = engine.backend.log
     hb = HappensBefore(log)
     mean = next(i for i, e in enumerate(log) if e.stream == "caller" and "aten.mean" in e.op)
-    assert all(hb.ordered(i, mean) for i in _forward(log, "shared")[:2]), "first.mean() waits for shared"
-    assert not any(hb.ordered(i, mean) for i in _forward(log, "unused")), "nobody waits for unused outputs"
+    shared, unused = (
+        engine.backend.launches("shared", "forward"),
+        engine.backend.launches("unused", "forward"),
+    )
+    assert all(hb.ordered(i, mean) for i in shared[:2]), "first.mean() waits for the shared unit"
+    assert not any(hb.ordered(i, mean) for i in unused), "nobody waits for unused outputs"
 
 
 class NoJoinEngine(Engine):
@@ -265,11 +272,11 @@ def test_a_unit_called_twice_per_step_waits_for_its_second_input():
     model, engine = _units_run(steps=1)
     log = engine.backend.log
     hb = HappensBefore(log)
-    shared = _forward(log, "shared")
+    shared = engine.backend.launches("shared", "forward")
     half = len(shared) // 2
     first_call, second_call = shared[:half], shared[half:]
     assert first_call and second_call
-    nested = _forward(log, "nested")
+    nested = engine.backend.launches("nested", "forward")
     assert all(hb.ordered(n, s) for n in nested for s in second_call), "the 2nd call consumes nested's output"
     done_events = [e.event for e in log if e.kind == "record" and e.stream == "shared"]
     assert len(done_events) >= 2 and len(set(done_events)) == len(done_events), "one done-event per call"

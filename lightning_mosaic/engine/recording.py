@@ -159,12 +159,10 @@ class RecordingBackend(Backend):
                     parents.setdefault(child, []).append(node)
         started = [False]
         for node, stream in self._node_stream.items():
-            self._hooks.append(
-                node.register_prehook(self._prehook(node, stream, parents.get(node, []), started))
-            )
+            self._hooks.append(node.register_prehook(self._prehook(stream, parents.get(node, []), started)))
             self._hooks.append(node.register_hook(self._posthook))
 
-    def _prehook(self, node: Any, stream: FakeStream, parents: list[Any], started: list[bool]) -> Any:
+    def _prehook(self, stream: FakeStream, parents: list[Any], started: list[bool]) -> Any:
         def hook(grad_outputs: Any) -> None:
             if not started[0]:
                 started[0] = True
