@@ -500,3 +500,13 @@ def test_quotas_on_cpu_are_ignored_with_a_warning(caplog):
         t.fit(demo_model(), demo_data())
     assert "SM quotas {'vision': 32} apply on a GPU; on cpu they are ignored" in caplog.text
     assert t.strategy.engine.backend.name == "none"
+
+
+def test_the_plan_shows_the_quotas_granted():
+    from lightning_mosaic.engine import RecordingBackend
+
+    t = trainer(MosaicStrategy(backend=RecordingBackend(), quotas={"vision": 32, "audio": 16}), max_steps=1)
+    t.fit(demo_model(), demo_data())
+    assert t.strategy.plan.phases[0].quotas == {"vision": 32, "audio": 16}
+    assert t.strategy.plan.phases[1].quotas == {"projector": None}
+    assert "phase 0: vision (32), audio (16)" in t.strategy.plan.describe()

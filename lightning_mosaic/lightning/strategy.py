@@ -375,8 +375,9 @@ class MosaicStrategy(ParallelStrategy):
             self.graph = graph
             backend = self.engine.backend
             if backend.concurrent:
+                granted = {u: g.granted for u, g in backend.grants.items() if g.partitioned}
                 self.plan = concurrent_plan(
-                    graph, self.quotas, self.root_device, method=f"{backend.name} backend"
+                    graph, granted, self.root_device, method=f"{backend.name} backend"
                 )
             else:
                 self.plan = temporal_plan(graph, self.root_device)
