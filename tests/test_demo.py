@@ -21,10 +21,10 @@ def test_demo_trains_and_prints_graph_and_plan(capsys):
 def test_demo_with_quotas_on_cpu_says_they_are_ignored(capsys, caplog):
     from lightning_mosaic._logging import _said
 
-    _said.discard("quotas-on-cpu")
+    _said.discard("quotas-inline-none")
     with caplog.at_level("WARNING", logger="lightning_mosaic"):
         assert main(["--size", "tiny", "--steps", "1", "--batch-size", "2", "--quota", "vision=32"]) == 0
-    assert "SM quotas {'vision': 32} apply on a GPU; on cpu they are ignored" in caplog.text
+    assert "SM quotas {'vision': 32} are ignored: backend 'none' runs the units inline on cpu" in caplog.text
     assert "engine backend: none" in capsys.readouterr().out
 
 

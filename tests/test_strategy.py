@@ -494,11 +494,11 @@ def test_backend_and_quota_arguments_are_checked():
 def test_quotas_on_cpu_are_ignored_with_a_warning(caplog):
     from lightning_mosaic._logging import _said
 
-    _said.discard("quotas-on-cpu")
+    _said.discard("quotas-inline-none")
     with caplog.at_level("WARNING", logger="lightning_mosaic"):
         t = trainer(MosaicStrategy(quotas={"vision": 32}), max_steps=1)
         t.fit(demo_model(), demo_data())
-    assert "SM quotas {'vision': 32} apply on a GPU; on cpu they are ignored" in caplog.text
+    assert "SM quotas {'vision': 32} are ignored: backend 'none' runs the units inline on cpu" in caplog.text
     assert t.strategy.engine.backend.name == "none"
 
 

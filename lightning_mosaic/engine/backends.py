@@ -90,6 +90,15 @@ class InlineBackend(Backend):
 
     name = "none"
 
+    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+        given = {u: q for u, q in quotas.items() if q is not None}
+        if given:
+            warn_once(
+                log,
+                f"quotas-inline-{self.name}",
+                f"SM quotas {given} are ignored: backend '{self.name}' runs the units inline on {device}",
+            )
+
 
 class CudaStreamBackend(Backend):
     """One CUDA stream per unit, no SM quotas: units overlap wherever the GPU has room."""

@@ -354,10 +354,6 @@ class MosaicStrategy(ParallelStrategy):
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
         )
         quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
-        if quotas and device.type != "cuda" and backend.name != "recording":
-            warn_once(
-                log, "quotas-on-cpu", f"SM quotas {quotas} apply on a GPU; on {device} they are ignored"
-            )
         self.engine.attach(self.units, backend=backend, quotas=quotas, device=device)
 
     def _should_trace(self, stage: str) -> bool:
