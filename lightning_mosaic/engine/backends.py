@@ -112,8 +112,6 @@ class CudaStreamBackend(Backend):
         self.streams = self._streams(units, quotas, device)
 
     def _streams(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> dict:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
         if any(q is not None for q in quotas.values()):
             warn_once(
                 log,
@@ -121,6 +119,14 @@ class CudaStreamBackend(Backend):
                 f"SM quotas {dict(quotas)} are not enforced by the 'streams' backend: every unit may use the"
                 " whole GPU",
             )
+        return self._whole_gpu(units, quotas, device)
+
+    def _whole_gpu(
+        self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device
+    ) -> dict:
+        """A plain stream per unit on the whole GPU; the quotas are recorded as requested, not granted."""
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
         return {u: torch.cuda.Stream(device) for u in units}
 
     def current_stream(self) -> Any:
@@ -168,10 +174,8 @@ class GreenContextBackend(CudaStreamBackend):
                 f"green contexts could not be created ({type(err).__name__}: {err}); units run on plain CUDA"
                 " streams and SM quotas are not enforced",
             )
-            sms = props.multi_processor_count
-            self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
             self.notes = [f"green contexts failed: {err}"]
-            return {u: torch.cuda.Stream(device) for u in units}
+            return self._whole_gpu(units, quotas, device)
         self.notes.insert(
             0, f"green-context API: {self.api.describe()}; SM granularity {multiple} (min {minimum})"
         )

@@ -35,7 +35,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_mosaic._tree import map_tensors
 from lightning_mosaic.engine.backends import Backend, InlineBackend
-from lightning_mosaic.engine.pending import PendingTensor, retire
+from lightning_mosaic.engine.pending import PendingTensor, _value, retire
 
 
 class Engine:
@@ -166,8 +166,7 @@ class Engine:
         return hook
 
     def _pending(self, tensor: torch.Tensor, done: Any, stream: Any) -> PendingTensor:
-        value = tensor._mosaic_value if type(tensor) is PendingTensor else tensor
-        shell = PendingTensor.wrap(value, done, stream, self.backend)
+        shell = PendingTensor.wrap(_value(tensor), done, stream, self.backend)
         self._shells.append(weakref.ref(shell))
         return shell
 

@@ -78,17 +78,18 @@ class PendingTensor(torch.Tensor):
         return func(*map_tensors(unwrap, args), **map_tensors(unwrap, kwargs))
 
 
-def _resolve(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.mosaic_resolve() if type(tensor) is PendingTensor else tensor
+def _resolve(tensor: torch.Tensor, stream: Any = None) -> torch.Tensor:
+    return tensor.mosaic_resolve(stream) if type(tensor) is PendingTensor else tensor
 
 
 def _value(tensor: torch.Tensor) -> torch.Tensor:
+    """The real output behind a pending shell (any other tensor as it is), without waiting."""
     return tensor._mosaic_value if type(tensor) is PendingTensor else tensor
 
 
 def resolve_all(obj: Any, stream: Any = None) -> Any:
     """``obj`` with every pending tensor replaced by its real output, made safe to use on ``stream``."""
-    return map_tensors(lambda t: t.mosaic_resolve(stream) if type(t) is PendingTensor else t, obj)
+    return map_tensors(lambda t: _resolve(t, stream), obj)
 
 
 def retire(shell: PendingTensor, stream: Any) -> None:

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lightning_mosaic._tree import iter_tensors
 from lightning_mosaic.engine.backends import Backend
 from lightning_mosaic.engine.green import Grant
+from lightning_mosaic.engine.pending import _value
 from lightning_mosaic.engine.races import Entry
 
 
@@ -205,7 +206,7 @@ class RecordingBackend(Backend):
 def _grad_fns(obj: Any) -> list[Any]:
     nodes = []
     for tensor in iter_tensors(obj):
-        value = getattr(tensor, "_mosaic_value", tensor)
+        value = _value(tensor)
         if value.grad_fn is not None:
             nodes.append(value.grad_fn)
     return nodes
