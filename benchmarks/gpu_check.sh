@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run, sized for under 7 minutes on one H100/H200.
-# Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the GPU-marked
-# tests, the engine check (green-context API, SM grants, quota speed, overlap, numerics), the
-# engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
+# Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the
+# performance-model accuracy on a GPU profile of the demo model (and the profile itself), the
+# engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked
+# tests, the engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,12 @@ json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info, indent=2))
 PY
 
-timeout 240 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
+timeout 120 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
+    --max-seconds 50 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
+
+timeout 90 python benchmarks/engine_check.py --out "$OUT/engine_check.json" || status=1
+
+timeout 120 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
 python - "$OUT/gpu_tests.xml" "$OUT/gpu_tests.json" <<'PY' || status=1
 import json, sys, xml.etree.ElementTree as ET
 cases = []
@@ -47,14 +53,12 @@ json.dump({"summary": summary, "cases": cases}, open(sys.argv[2], "w"), indent=2
 print(summary)
 PY
 
-timeout 120 python benchmarks/engine_check.py --out "$OUT/engine_check.json" || status=1
-
-timeout 120 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 40 --rounds 4 \
+timeout 60 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 30 --rounds 3 \
     --out "$OUT/overhead.json" || status=1
 
 # compute-sanitizer's racecheck on a two-step run of the demo with units on their own streams.
 if command -v compute-sanitizer >/dev/null 2>&1; then
-    timeout 100 compute-sanitizer --tool racecheck --print-limit 20 \
+    timeout 45 compute-sanitizer --tool racecheck --print-limit 20 \
         python -m lightning_mosaic demo --size tiny --steps 2 --batch-size 2 --accelerator gpu --backend streams \
         > "$OUT/racecheck.log" 2>&1
     code=$?

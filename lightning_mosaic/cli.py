@@ -20,6 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train a small vision+audio+LLM model with strategy='mosaic' and print its graph and plan",
         add_help=False,
     )
+    sub.add_parser(
+        "show",
+        help="show a profile: measured vs predicted time per module, pass, quota and batch, and the MAPE",
+        add_help=False,
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
@@ -28,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning_mosaic.demo import main as demo
 
         return demo(argv[1:])
+    if args.command == "show":
+        from lightning_mosaic.show import main as show
+
+        return show(argv[1:])
     parser.error(f"unknown command {argv[0]!r}")
     return 2
 

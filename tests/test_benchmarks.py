@@ -18,3 +18,17 @@ def test_overhead_benchmark_writes_json(tmp_path):
     assert saved["device"] == "cpu" and len(saved["rounds"]) == 2
     assert saved["plain_step_s"] > 0 and saved["mosaic_step_s"] > 0
     assert abs(saved["ratio_mosaic_over_plain"] - saved["mosaic_step_s"] / saved["plain_step_s"]) < 1e-12
+
+
+def test_perfmodel_accuracy_benchmark_writes_json_and_the_profile(tmp_path):
+    from lightning_mosaic.profile import Profile
+
+    main = runpy.run_path(str(BENCHMARKS / "perfmodel_accuracy.py"))["main"]
+    out, profile = tmp_path / "accuracy.json", tmp_path / "profile.json"
+    args = ["--size", "tiny", "--batch-size", "4", "--repeats", "2", "--max-seconds", "20"]
+    assert main([*args, "--out", str(out), "--profile-out", str(profile)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "cpu" and saved["quota_unit"] == "thread" and saved["target"] == 0.10
+    assert set(saved["mape"]) == {"vision", "audio", "projector", "llm"}
+    assert saved["within_target"] == {name: value <= 0.10 for name, value in saved["mape"].items()}
+    assert Profile.load(profile).module_names == list(saved["mape"])

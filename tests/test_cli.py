@@ -55,3 +55,33 @@ def test_python_dash_m_runs_the_demo():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ModuleGraph: 4 modules, 3 edges" in done.stdout
     assert "Plan for cpu: temporal" in done.stdout
+
+
+def test_show_prints_measured_vs_held_out_predictions_and_mape(tmp_path, capsys):
+    from test_perfmodel import synthetic_profile
+
+    profile = synthetic_profile(0, batches=(8, 16, 32))
+    profile.samples[0].feasible, profile.samples[0].seconds = False, None
+    profile.samples[0].error = "out of memory"
+    path = tmp_path / "profile.json"
+    profile.save(path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "profile of 2 modules on synthetic GPU (132 SMs)" in out
+    assert "vision / forward" in out and "llm / backward" in out
+    assert "    SMs   batch     measured    predicted    error" in out
+    first = profile.samples[0]
+    assert f"{first.quota:>7}  {first.batch:>6}  {'infeasible':>11}  (out of memory)" in out
+    rows = [line for line in out.splitlines() if line.strip().endswith("%") and " ms " in line]
+    assert len(rows) == len(profile.samples) - 1  # one row per feasible point
+    assert "held-out MAPE per module" in out
+    assert "  vision  " in out.split("held-out MAPE per module")[1]
+
+
+def test_show_names_a_bad_file(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text("{")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(path)])
+    assert exit_info.value.code == 1
+    assert f"lightning-mosaic show: profile {path} is not valid JSON" in capsys.readouterr().err

@@ -54,6 +54,7 @@ class Engine:
         self._frames: list[tuple[str, Any]] = []  # (unit, caller stream) of the calls in progress
         self._dirty: dict[Any, None] = {}  # unit streams used since the last join, in order
         self._shells: list[weakref.ref[PendingTensor]] = []
+        self._paused = 0
 
     @property
     def attached(self) -> bool:
@@ -104,6 +105,20 @@ class Engine:
             self.join()
             self.steps += 1
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Calls inside run as if the engine were not attached: inline, uncounted, nothing pending.
+
+        The profiler replays units alone under its own quotas between steps; the engine must not
+        route those calls onto the units' streams.
+        """
+        self.join()
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
     def join(self) -> None:
         """The caller's stream waits for the unit streams used since the last join; pending outputs retire."""
         backend = self.backend
@@ -126,6 +141,8 @@ class Engine:
 
     def _pre_hook(self, name: str) -> Callable[[nn.Module, tuple, dict], Any]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if self._paused:
+                return None
             self.calls[name] += 1
             backend = self.backend
             if not backend.concurrent:
@@ -152,7 +169,7 @@ class Engine:
     def _post_hook(self, name: str) -> Callable[[nn.Module, tuple, dict, Any], Any]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             backend = self.backend
-            if not backend.concurrent or not self._frames or self._frames[-1][0] != name:
+            if self._paused or not backend.concurrent or not self._frames or self._frames[-1][0] != name:
                 return None  # inline, or our pre-hook never ran for this call
             _, caller = self._frames.pop()
             stream = backend.stream(name)

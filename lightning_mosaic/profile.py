@@ -1,0 +1,360 @@
+"""The profile: what each unit costs alone under a grid of (batch, quota), as a versioned JSON file.
+
+A profile is plain data: :class:`Profile` holds the model's fingerprint, the device it was measured
+on, the grid, one :class:`Sample` per (unit, pass, batch, quota) and one :class:`MemorySample` per
+(unit, batch). ``profiler.py`` measures it, ``perfmodel.py`` fits a model to it, the
+``MosaicProfiler`` callback reuses a saved one whose fingerprint and device match.
+
+Quotas are SMs on a GPU (``quota_unit == "sm"``) and intra-op threads on a CPU
+(``quota_unit == "thread"``); ``capacity`` is the device's total (all SMs, all threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+SCHEMA_VERSION = 1
+PASSES = ("forward", "backward")
+QUOTA_UNITS = ("sm", "thread")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be read, or data that does not follow the profile schema."""
+
+
+@dataclass
+class Sample:
+    """The median time of one pass of one unit at one grid point; ``seconds`` is None when infeasible."""
+
+    module: str
+    pass_: str  # "forward" or "backward" (``"pass"`` in JSON)
+    batch: int  # samples of the step's batch
+    quota: int  # SMs or threads
+    seconds: float | None
+    feasible: bool = True
+    repeats: int = 0  # timed runs behind the median
+    spread: float = 0.0  # (slowest - fastest) / median of the timed runs
+    error: str = ""  # why the point is infeasible
+
+
+@dataclass
+class MemorySample:
+    """Memory of one forward + backward of one unit at one batch size."""
+
+    module: str
+    batch: int
+    activation_bytes: int | None  # bytes autograd saved for backward (not parameters, not inputs)
+    peak_bytes: int | None = None  # GPU: peak allocated above what was allocated before the call
+    feasible: bool = True
+
+
+@dataclass
+class ModuleInfo:
+    """What the profiler learned about a unit before timing it."""
+
+    name: str
+    parameters: int  # number of parameter elements
+    trainable: bool  # owns parameters that require grad
+    backward: bool  # has a backward pass (trainable parameters or grad-requiring inputs)
+    batch_rows: int | None  # rows of its batched inputs at the full batch; None: inputs not sliceable
+    calls: int = 1  # calls per step
+
+
+@dataclass
+class Profile:
+    """Everything measured about a model's units on one device; see the module docstring."""
+
+    fingerprint: dict[str, Any]
+    device: str
+    device_type: str  # "cuda" or "cpu"
+    quota_unit: str
+    capacity: int
+    granularity: list[int]  # [minimum, multiple] of a quota
+    torch_version: str
+    batch_size: int
+    batch_fractions: list[float]
+    quotas: list[int]
+    modules: list[ModuleInfo]
+    samples: list[Sample] = field(default_factory=list)
+    memory: list[MemorySample] = field(default_factory=list)
+    green_context: str | None = None  # the green-context API used, when quotas were SM partitions
+    grants: list[dict[str, int]] = field(default_factory=list)  # [{"requested": n, "granted": m}]
+    seconds: float = 0.0  # wall-clock time the profile took
+    complete: bool = True  # False when ``max_seconds`` stopped it before the whole grid
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def module_names(self) -> list[str]:
+        return [m.name for m in self.modules]
+
+    @property
+    def batches(self) -> list[int]:
+        return batch_grid(self.batch_size, self.batch_fractions)
+
+    def module(self, name: str) -> ModuleInfo:
+        for info in self.modules:
+            if info.name == name:
+                return info
+        raise KeyError(f"module {name!r} is not in the profile; it has {self.module_names}")
+
+    def samples_of(self, module: str, pass_: str, feasible_only: bool = True) -> list[Sample]:
+        return [
+            s
+            for s in self.samples
+            if s.module == module and s.pass_ == pass_ and (s.feasible or not feasible_only)
+        ]
+
+    def mismatch(
+        self, fingerprint: Mapping[str, Any], device: str, capacity: int | None = None
+    ) -> str | None:
+        """Why this profile does not describe a model with ``fingerprint`` on ``device`` with
+        ``capacity`` SMs or threads (None: it does)."""
+        if self.device != device:
+            return f"it was measured on {self.device!r}, this run is on {device!r}"
+        if capacity is not None and capacity != self.capacity:
+            unit = "SMs" if self.quota_unit == "sm" else "threads"
+            return f"it was measured with {self.capacity} {unit}, this run has {capacity}"
+        if self.fingerprint.get("digest") != fingerprint.get("digest"):
+            ours, theirs = self.fingerprint.get("modules", {}), fingerprint.get("modules", {})
+            changed = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
+            return f"the model changed (modules with other parameters: {changed})"
+        return None
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for sample in data["samples"]:
+            sample["pass"] = sample.pop("pass_")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Profile:
+        """A profile from JSON data, checked against the schema (a ``ProfileError`` names the field)."""
+        problems = validate(data)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ProfileError(f"not a valid profile: {shown}")
+        data = dict(data)
+        data["modules"] = [ModuleInfo(**m) for m in data["modules"]]
+        data["samples"] = [
+            Sample(pass_=s["pass"], **{k: v for k, v in s.items() if k != "pass"}) for s in data["samples"]
+        ]
+        data["memory"] = [MemorySample(**m) for m in data["memory"]]
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the profile as JSON (the parent directory is created)."""
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)  # never leave a half-written profile behind
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Profile:
+        """Read a profile file; an unreadable, non-JSON or invalid file is a ``ProfileError`` naming it."""
+        path = os.fspath(path)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as err:
+            raise ProfileError(f"cannot read profile {path}: {err.strerror or err}") from err
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ProfileError(f"profile {path} is not valid JSON: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except ProfileError as err:
+            raise ProfileError(f"profile {path} is {err}") from err
+
+    # ------------------------------------------------------------------ text
+
+    def describe(self) -> str:
+        unit = "SMs" if self.quota_unit == "sm" else "threads"
+        lines = [
+            f"profile of {len(self.modules)} modules on {self.device} ({self.capacity} {unit}), torch "
+            f"{self.torch_version}, batch {self.batch_size}",
+            f"  grid: batches {self.batches} x quotas {self.quotas} {unit}"
+            + (f"; green contexts: {self.green_context}" if self.green_context else ""),
+            f"  measured in {self.seconds:.1f} s"
+            + ("" if self.complete else " (stopped early: grid incomplete)"),
+        ]
+        for info in self.modules:
+            full = [
+                s
+                for s in self.samples
+                if s.module == info.name
+                and s.batch == self.batch_size
+                and s.quota == self.capacity
+                and s.feasible
+            ]
+            times = ", ".join(f"{s.pass_} {s.seconds * 1e3:.3g} ms" for s in full) or "not measured"
+            infeasible = sum(1 for s in self.samples if s.module == info.name and not s.feasible)
+            kind = "trainable" if info.trainable else "frozen"
+            lines.append(
+                f"  {info.name}: {info.parameters:,} parameters ({kind}); full batch on the whole device:"
+                f" {times}" + (f"; {infeasible} infeasible points" if infeasible else "")
+            )
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def batch_grid(batch_size: int, fractions: list[float] | tuple[float, ...]) -> list[int]:
+    """The distinct batch sizes of ``fractions`` of ``batch_size`` (at least 1 sample each), ascending."""
+    return sorted({max(1, round(f * batch_size)) for f in fractions})
+
+
+def fingerprint(units: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """What identifies a model for profile reuse: unit names, their parameters' names, shapes and dtypes."""
+    modules = {
+        name: [
+            [pname, list(p.shape), str(p.dtype).removeprefix("torch."), bool(p.requires_grad)]
+            for pname, p in module.named_parameters()
+        ]
+        for name, module in units.items()
+    }
+    digest = hashlib.sha256(json.dumps(modules, sort_keys=True).encode()).hexdigest()[:16]
+    return {"digest": digest, "modules": modules}
+
+
+# ---------------------------------------------------------------------- schema
+
+_NUM = (int, float)
+_SAMPLE = {
+    "module": str,
+    "pass": str,
+    "batch": int,
+    "quota": int,
+    "seconds": (float, int, type(None)),
+    "feasible": bool,
+    "repeats": int,
+    "spread": _NUM,
+    "error": str,
+}
+_MEMORY = {
+    "module": str,
+    "batch": int,
+    "activation_bytes": (int, type(None)),
+    "peak_bytes": (int, type(None)),
+    "feasible": bool,
+}
+_MODULE = {
+    "name": str,
+    "parameters": int,
+    "trainable": bool,
+    "backward": bool,
+    "batch_rows": (int, type(None)),
+    "calls": int,
+}
+SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "fingerprint": {"digest": str, "modules": dict},
+    "device": str,
+    "device_type": str,
+    "quota_unit": str,
+    "capacity": int,
+    "granularity": [int],
+    "torch_version": str,
+    "batch_size": int,
+    "batch_fractions": [_NUM],
+    "quotas": [int],
+    "modules": [_MODULE],
+    "samples": [_SAMPLE],
+    "memory": [_MEMORY],
+    "green_context": (str, type(None)),
+    "grants": [dict],
+    "seconds": _NUM,
+    "complete": bool,
+    "notes": [str],
+    "created": str,
+}
+"""The profile's JSON layout: a type, a tuple of allowed types, ``[item]`` for lists, a dict for objects."""
+
+
+def validate(data: Any) -> list[str]:
+    """Every way ``data`` departs from :data:`SCHEMA` and the profile's invariants (empty: valid)."""
+    problems: list[str] = []
+    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+        return [
+            f"schema_version {data.get('schema_version')!r} is not supported"
+            f" (this version reads {SCHEMA_VERSION})"
+        ]
+    _check(data, SCHEMA, "profile", problems)
+    if problems:
+        return problems
+    names = {m["name"] for m in data["modules"]}
+    if data["quota_unit"] not in QUOTA_UNITS:
+        problems.append(f"quota_unit {data['quota_unit']!r} is not one of {QUOTA_UNITS}")
+    if data["batch_size"] < 1 or data["capacity"] < 1:
+        problems.append(
+            f"batch_size ({data['batch_size']}) and capacity ({data['capacity']}) must be positive"
+        )
+    for i, s in enumerate(data["samples"]):
+        where = f"samples[{i}]"
+        if s["module"] not in names:
+            problems.append(
+                f"{where}.module {s['module']!r} is not one of the profile's modules {sorted(names)}"
+            )
+        if s["pass"] not in PASSES:
+            problems.append(f"{where}.pass {s['pass']!r} is not one of {PASSES}")
+        if s["feasible"] and (s["seconds"] is None or not math.isfinite(s["seconds"]) or s["seconds"] <= 0):
+            problems.append(f"{where}: a feasible sample needs positive seconds, got {s['seconds']!r}")
+        if not 1 <= s["quota"] <= data["capacity"] or s["batch"] < 1:
+            problems.append(
+                f"{where}: quota {s['quota']} must be in 1..{data['capacity']}"
+                f" and batch {s['batch']} positive"
+            )
+    for i, m in enumerate(data["memory"]):
+        if m["module"] not in names:
+            problems.append(f"memory[{i}].module {m['module']!r} is not one of the profile's modules")
+    return problems
+
+
+def _check(value: Any, spec: Any, where: str, problems: list[str]) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            problems.append(f"{where} must be an object, got {type(value).__name__}")
+            return
+        missing = [key for key in spec if key not in value]
+        if missing:
+            problems.append(f"{where} misses {missing}")
+        extra = [key for key in value if key not in spec]
+        if extra and where != "profile.fingerprint":
+            problems.append(f"{where} has unknown fields {extra}")
+        for key, sub in spec.items():
+            if key in value:
+                _check(value[key], sub, f"{where}.{key}", problems)
+    elif isinstance(spec, list):
+        if not isinstance(value, list):
+            problems.append(f"{where} must be a list, got {type(value).__name__}")
+            return
+        for i, item in enumerate(value):
+            _check(item, spec[0], f"{where}[{i}]", problems)
+    else:
+        allowed = spec if isinstance(spec, tuple) else (spec,)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            problems.append(f"{where} must be {names}, got {type(value).__name__}: {value!r:.60}")

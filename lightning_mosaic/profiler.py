@@ -1,0 +1,600 @@
+"""Measure each unit alone: replay its real inputs over a grid of (batch fraction, quota).
+
+:class:`InputCapture` records every unit's inputs from one ordinary step (cloned, detached, with
+their ``requires_grad`` flags, grad mode, autocast state and train/eval mode). :func:`profile_units`
+then replays each unit by itself: a forward, and a backward with respect to its trainable
+parameters and grad-requiring inputs (random ``grad_outputs`` of the outputs' shapes, through
+``torch.autograd.grad`` so no ``.grad`` is touched), at each grid point:
+
+- batch: the captured inputs sliced along their first dimension to 1/4, 1/2 and all of the batch;
+- quota: on a GPU, SM counts from the smallest green context the hardware allows up to all SMs
+  (about six steps), each run on a stream inside a green context of that size (full GPU only,
+  with a warning, where green contexts are unavailable); on a CPU, intra-op thread counts 1..n in
+  a worker thread.
+
+Each point runs ``warmup`` untimed and up to ``repeats`` timed times (CUDA events on a GPU,
+``perf_counter`` on a CPU) and keeps the median. A first run per (unit, batch) on the whole device
+measures memory: bytes autograd saves for backward, and on a GPU the peak allocated. A point that
+runs out of memory is recorded as infeasible and profiling goes on. ``max_seconds`` bounds the
+whole profile: repeats shrink to fit the time left, and when it is spent the remaining points are
+skipped (the profile says it is incomplete); every unit's full batch on the whole device is
+measured first and always. The replay leaves the model as it found it: RNG
+states, buffers (BatchNorm statistics), train/eval mode and parameters' ``.grad`` are unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_mosaic._logging import get_logger
+from lightning_mosaic._tree import iter_tensors, map_tensors
+from lightning_mosaic.engine import green
+from lightning_mosaic.profile import (
+    MemorySample,
+    ModuleInfo,
+    Profile,
+    Sample,
+    batch_grid,
+    fingerprint,
+)
+
+log = get_logger(__name__)
+DEFAULT_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+# ---------------------------------------------------------------------- capturing inputs
+
+
+@dataclass
+class Captured:
+    """One call of a unit, ready to replay: detached copies of its arguments and the state it ran in."""
+
+    args: tuple
+    kwargs: dict
+    grad_enabled: bool
+    training: bool
+    autocast: tuple[str, torch.dtype] | None  # (device type, dtype) when autocast was on
+
+
+class InputCapture:
+    """While active, records each unit's first call of the step (and counts its calls).
+
+    Use as a context manager around one step, or :meth:`start` / :meth:`stop` from two callbacks.
+    Its hooks run after any hook registered earlier (the engine's), so inputs are seen as the unit
+    sees them.
+    """
+
+    def __init__(self, units: Mapping[str, nn.Module]) -> None:
+        self.units = dict(units)
+        self.captured: dict[str, Captured] = {}
+        self.calls: Counter[str] = Counter()
+        self._handles: list[RemovableHandle] = []
+
+    def start(self) -> None:
+        self.stop()
+        for name, module in self.units.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
+
+    def stop(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> InputCapture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple, dict], None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self.calls[name] += 1
+            if name in self.captured:
+                return
+            device_type = _device_of(module, (args, kwargs)).type
+            autocast = None
+            if torch.is_autocast_enabled(device_type):
+                autocast = (device_type, torch.get_autocast_dtype(device_type))
+            self.captured[name] = Captured(
+                args=map_tensors(_detached_copy, args),
+                kwargs=map_tensors(_detached_copy, kwargs),
+                grad_enabled=torch.is_grad_enabled(),
+                training=module.training,
+                autocast=autocast,
+            )
+
+        return hook
+
+
+def _detached_copy(tensor: torch.Tensor) -> torch.Tensor:
+    copy = tensor.detach().clone()
+    if tensor.requires_grad:
+        copy.requires_grad_(True)
+    return copy
+
+
+def _device_of(module: nn.Module, inputs: Any) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for t in iter_tensors(inputs):
+        return t.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------- grids and devices
+
+
+def quota_grid(capacity: int, minimum: int = 1, multiple: int = 1, steps: int = 6) -> list[int]:
+    """About ``steps`` quotas from ``minimum`` to ``capacity`` on the granularity, evenly spaced in
+    square root: denser at small quotas, where time changes fastest, without leaving a wide gap
+    below the whole device, where large modules get planned."""
+    if capacity <= steps and multiple == 1:
+        return list(range(max(1, minimum), capacity + 1))
+    out = {capacity}
+    low = max(minimum, multiple)
+    for i in range(steps - 1):
+        want = (math.sqrt(low) + (math.sqrt(capacity) - math.sqrt(low)) * i / (steps - 1)) ** 2
+        rounded = max(low, multiple * round(want / multiple))
+        if rounded < capacity:
+            out.add(rounded)
+    return sorted(out)
+
+
+def device_label(device: torch.device) -> str:
+    """The device as profiles name it: the GPU's product name, or the device type (``cpu``)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def device_capacity(device: torch.device) -> int:
+    """All of ``device``: its SM count on a GPU, the intra-op threads on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return torch.get_num_threads()
+
+
+class _Clock:
+    """Time marks on the CPU (``perf_counter``) or on the current CUDA stream (events)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, a: Any, b: Any) -> float:
+        if not self.cuda:
+            return b - a
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+
+
+class _Quotas:
+    """Runs a function under each quota: a green-context stream per SM count, or a thread count."""
+
+    def __init__(self, device: torch.device, quotas: Sequence[int] | None) -> None:
+        self.device = device
+        self.notes: list[str] = []
+        self.grants: list[dict[str, int]] = []
+        self.api_text: str | None = None
+        self._streams: dict[int, Any] = {}
+        self._contexts: list[Any] = []
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            self.unit, self.capacity = "sm", props.multi_processor_count
+            self.minimum, self.multiple = green.granularity((props.major, props.minor))
+            self._setup_cuda(quotas)
+        else:
+            self.unit, self.capacity = "thread", device_capacity(device)
+            self.minimum, self.multiple = 1, 1
+            wanted = self._checked(quotas) if quotas is not None else quota_grid(self.capacity)
+            self.quotas = sorted(set(wanted) | {self.capacity})  # the whole device is always measured
+
+    def _checked(self, quotas: Sequence[int]) -> list[int]:
+        bad = [
+            q for q in quotas if not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= self.capacity
+        ]
+        if bad or not quotas:
+            unit = "SMs" if self.unit == "sm" else "threads"
+            raise ValueError(
+                f"quotas {list(quotas)!r} must be whole numbers of {unit} from 1 to {self.capacity}"
+                f" (the device's {unit}); bad: {bad}"
+            )
+        return sorted(set(quotas))
+
+    def _setup_cuda(self, quotas: Sequence[int] | None) -> None:
+        wanted = self._checked(quotas) if quotas is not None else None
+        api = green.detect()
+        if api is None or not api.usable:
+            reason = "this torch has no torch.cuda.green_contexts" if api is None else api.describe()
+            log.warning(
+                f"profiling on the whole GPU only: green contexts are unavailable ({reason}); the performance"
+                " model will assume time scales inversely with the SM quota"
+            )
+            self.notes.append(f"whole GPU only: green contexts unavailable ({reason})")
+            self.quotas = [self.capacity]
+            return
+        self.api_text = api.describe()
+        requested = wanted or quota_grid(self.capacity, self.minimum, self.multiple)
+        granted: dict[int, int] = {}
+        for want in requested:
+            g = green.grant({"q": want}, self.capacity, self.minimum, self.multiple)["q"]
+            if not g.partitioned:
+                granted[want] = self.capacity
+                continue
+            try:
+                streams, contexts, _ = green.make_streams(api, {"q": g}, self.device)
+            except Exception as err:  # a driver without green-context support
+                log.warning(f"green context of {g.granted} SMs could not be created ({err}); point skipped")
+                self.notes.append(f"green context of {g.granted} SMs failed: {err}")
+                continue
+            self._contexts.extend(contexts)
+            self._streams[g.granted] = streams["q"]
+            granted[want] = g.granted
+            self.grants.append({"requested": want, "granted": g.granted})
+        self.quotas = sorted(set(granted.values()) | {self.capacity})
+
+    def run(self, quota: int, fn: Callable[[], Any]) -> Any:
+        """``fn()`` under ``quota`` SMs (a green-context stream) or threads (a worker thread)."""
+        if self.unit == "thread":
+            from lightning_mosaic.engine.cpu import CpuThreadBackend
+
+            return CpuThreadBackend(self.capacity).run_parallel({"profile": (fn, quota)})["profile"].value
+        stream = self._streams.get(quota)
+        if stream is None:
+            return fn()
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            out = fn()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return out
+
+
+# ---------------------------------------------------------------------- replaying one unit
+
+
+class _Replay:
+    """One unit's captured call, sliced to a batch, run forward and backward under a clock."""
+
+    def __init__(self, name: str, module: nn.Module, call: Captured, batch_size: int) -> None:
+        self.name, self.module, self.call = name, module, call
+        self.batch_size = batch_size
+        self.rows = _batch_rows(call, batch_size)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.backward = call.grad_enabled and (
+            bool(self.params) or any(t.requires_grad for t in iter_tensors((call.args, call.kwargs)))
+        )
+        self._inputs: dict[int, tuple[tuple, dict, list[torch.Tensor]]] = {}
+        self._grads: dict[int, list[torch.Tensor]] = {}
+
+    def info(self, calls: int) -> ModuleInfo:
+        return ModuleInfo(
+            name=self.name,
+            parameters=sum(p.numel() for p in self.module.parameters()),
+            trainable=bool(self.params),
+            backward=self.backward,
+            batch_rows=self.rows,
+            calls=calls,
+        )
+
+    def inputs(self, batch: int) -> tuple[tuple, dict, list[torch.Tensor]]:
+        """Arguments for ``batch`` samples and the input tensors to differentiate."""
+        if batch not in self._inputs:
+            n = self.rows if self.rows is None else max(1, round(batch / self.batch_size * self.rows))
+
+            def cut(t: torch.Tensor) -> torch.Tensor:
+                if n is None or t.dim() == 0 or t.shape[0] != self.rows:
+                    return t
+                out = t[:n].detach()
+                return out.requires_grad_(True) if t.requires_grad else out
+
+            args, kwargs = map_tensors(cut, (self.call.args, self.call.kwargs))
+            leaves = [t for t in iter_tensors((args, kwargs)) if t.requires_grad]
+            self._inputs[batch] = (args, kwargs, leaves)
+        return self._inputs[batch]
+
+    @contextmanager
+    def context(self) -> Iterator[None]:
+        with torch.set_grad_enabled(self.call.grad_enabled):
+            if self.call.autocast is None:
+                yield
+            else:
+                device_type, dtype = self.call.autocast
+                with torch.autocast(device_type, dtype=dtype):
+                    yield
+
+    def forward(self, batch: int) -> list[torch.Tensor]:
+        args, kwargs, _ = self.inputs(batch)
+        out = self.module(*args, **kwargs)
+        return [t for t in iter_tensors(out) if t.requires_grad]
+
+    def grad_outputs(self, batch: int, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if batch not in self._grads:
+            gen = torch.Generator(device=outs[0].device if outs else "cpu").manual_seed(0)
+            self._grads[batch] = [
+                torch.randn(t.shape, dtype=t.dtype, device=t.device, generator=gen) for t in outs
+            ]
+        return self._grads[batch]
+
+    def run(self, batch: int, clock: _Clock, times: int) -> list[tuple[float, float]]:
+        """``times`` forward (+ backward) runs; (forward, backward) seconds of each."""
+        marks = []
+        with self.context():
+            for _ in range(times):
+                a = clock.mark()
+                outs = self.forward(batch)
+                b = clock.mark()
+                if self.backward and outs:
+                    _, _, leaves = self.inputs(batch)
+                    torch.autograd.grad(
+                        outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True
+                    )
+                c = clock.mark()
+                del outs
+                marks.append((a, b, c))
+        return [(clock.seconds(a, b), clock.seconds(b, c)) for a, b, c in marks]
+
+    def memory(self, batch: int) -> MemorySample:
+        """One forward + backward on the whole device: saved activations, and the CUDA peak."""
+        cuda = next(iter(self.module.parameters()), torch.empty(0)).is_cuda
+        skip = {p.untyped_storage().data_ptr() for p in self.module.parameters()}
+        skip |= {t.untyped_storage().data_ptr() for t in iter_tensors(self.inputs(batch)[:2])}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in skip and storage.device.type != "meta":
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with self.context(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = self.forward(batch)
+            if not outs:
+                self.backward = False  # nothing to differentiate: the outputs do not require grad
+            grads = self.grad_outputs(batch, outs)
+            if self.backward:
+                _, _, leaves = self.inputs(batch)
+                torch.autograd.grad(outs, self.params + leaves, grads, allow_unused=True)
+            del outs
+        peak = None
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+        return MemorySample(self.name, batch, activation_bytes=sum(saved.values()), peak_bytes=peak)
+
+
+def _batch_rows(call: Captured, batch_size: int) -> int | None:
+    """Rows of the batch dimension in a call's inputs: ``batch_size`` if a tensor has that many, else
+    the first dimension all its tensors share; None when neither (the inputs cannot be sliced)."""
+    firsts = [t.shape[0] for t in iter_tensors((call.args, call.kwargs)) if t.dim() > 0]
+    if batch_size in firsts:
+        return batch_size
+    if firsts and all(n == firsts[0] for n in firsts):
+        return firsts[0]
+    return None
+
+
+def _is_oom(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(err, oom) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+@contextmanager
+def _model_state_kept(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
+    """Restore RNG states, buffers and train/eval modes after replaying ``modules``."""
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, copy in buffers:
+                    b.copy_(copy)
+            for sub, mode in modes:
+                sub.training = mode
+
+
+# ---------------------------------------------------------------------- the profile
+
+
+def profile_units(
+    units: Mapping[str, nn.Module],
+    captured: Mapping[str, Captured],
+    batch_size: int,
+    *,
+    batch_fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    quotas: Sequence[int] | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    max_seconds: float = 60.0,
+    calls: Mapping[str, int] | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Time every captured unit alone over ``batch_fractions`` x ``quotas``; see the module docstring.
+
+    ``quotas`` are SM counts on a GPU or thread counts on a CPU (default: a grid from the smallest
+    the hardware allows); the whole device is always measured too. ``calls`` are calls per step
+    (from :class:`InputCapture`).
+    """
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("repeats", repeats)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} must be a whole number of runs, 0 or more")
+    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds={max_seconds!r} must be a positive number of seconds")
+    fractions = list(batch_fractions)
+    if not fractions or any(not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"batch_fractions={fractions!r} must be numbers in (0, 1]")
+    missing = [name for name in units if name not in captured]
+    if missing:
+        log.warning(f"modules {missing} were not called in the captured step; they are not profiled")
+    names = [name for name in units if name in captured]
+    if not names:
+        raise ValueError(f"no captured call to profile: none of {list(units)} ran in the captured step")
+    started = time.perf_counter()
+    device = _device_of(units[names[0]], captured[names[0]].args)
+    runner = _Quotas(device, quotas)
+    clock = _Clock(device.type == "cuda")
+    replays = {name: _Replay(name, units[name], captured[name], batch_size) for name in names}
+    batches = batch_grid(batch_size, fractions)
+    notes = list(runner.notes)
+    for name, r in replays.items():
+        if r.rows is None:
+            notes.append(f"{name}: no batch dimension found in its inputs; profiled at the full batch only")
+    # Every unit at the full batch on the whole device first: always measured, whatever max_seconds.
+    points = [(runner.capacity, batch_size, name) for name in names]
+    points += [
+        (q, b, name)
+        for q in sorted(runner.quotas, reverse=True)
+        for b in batches
+        for name in names
+        if (b == batch_size or replays[name].rows is not None) and (q, b) != (runner.capacity, batch_size)
+    ]
+    samples: list[Sample] = []
+    memory: list[MemorySample] = []
+    infeasible: set[tuple[str, int]] = set()
+    deadline = started + max_seconds
+    done = 0
+    bar = _progress(len(points), progress)
+    with _model_state_kept([units[n] for n in names], device):
+        for q, b, name in points:
+            if done >= len(names) and time.perf_counter() > deadline:
+                break
+            replay = replays[name]
+            bar.set_postfix_str(f"{name} batch {b} quota {q}")
+            if (name, b) not in {(m.module, m.batch) for m in memory}:
+                memory.append(_measure_memory(replay, b))
+                if not memory[-1].feasible:
+                    infeasible.add((name, b))
+            if (name, b) in infeasible:
+                samples.extend(_infeasible(replay, b, q, "out of memory at this batch"))
+            else:
+                samples.extend(
+                    _measure_point(replay, b, q, runner, clock, warmup, repeats, deadline, len(points) - done)
+                )
+            done += 1
+            bar.update(1)
+    bar.close()
+    complete = done == len(points)
+    if not complete:
+        log.warning(
+            f"profiling stopped after max_seconds={max_seconds:g}: {done} of {len(points)} grid points"
+            " measured;"
+            " raise max_seconds for a complete profile"
+        )
+        notes.append(f"stopped by max_seconds={max_seconds:g} after {done} of {len(points)} points")
+    counts = calls or {}
+    return Profile(
+        fingerprint=fingerprint({n: units[n] for n in names}),
+        device=device_label(device),
+        device_type=device.type,
+        quota_unit=runner.unit,
+        capacity=runner.capacity,
+        granularity=[runner.minimum, runner.multiple],
+        torch_version=str(torch.__version__),  # TorchVersion would not load from a weights-only checkpoint
+        batch_size=batch_size,
+        batch_fractions=fractions,
+        quotas=runner.quotas,
+        modules=[replays[n].info(counts.get(n, 1)) for n in names],
+        samples=samples,
+        memory=memory,
+        green_context=runner.api_text,
+        grants=runner.grants,
+        seconds=time.perf_counter() - started,
+        complete=complete,
+        notes=notes,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a whole number, at least 1")
+
+
+def _measure_memory(replay: _Replay, batch: int) -> MemorySample:
+    try:
+        return replay.memory(batch)
+    except Exception as err:
+        if not _is_oom(err):
+            raise RuntimeError(f"replaying module {replay.name!r} at batch {batch} failed: {err}") from err
+        _free()
+        return MemorySample(replay.name, batch, activation_bytes=None, peak_bytes=None, feasible=False)
+
+
+def _measure_point(
+    replay: _Replay,
+    batch: int,
+    quota: int,
+    runner: _Quotas,
+    clock: _Clock,
+    warmup: int,
+    repeats: int,
+    deadline: float,
+    points_left: int,
+) -> list[Sample]:
+    try:
+        t0 = time.perf_counter()
+        runner.run(quota, lambda: replay.run(batch, clock, max(1, warmup)))
+        per_run = (time.perf_counter() - t0) / max(1, warmup)
+        budget = max(0.0, deadline - time.perf_counter()) / max(1, points_left)
+        n = max(1, min(repeats, math.floor(budget / max(per_run, 1e-9))))
+        runs = runner.run(quota, lambda: replay.run(batch, clock, n))
+    except Exception as err:
+        if not _is_oom(err):
+            raise RuntimeError(
+                f"replaying module {replay.name!r} at batch {batch}, quota {quota} failed: {err}"
+            ) from err
+        _free()
+        return _infeasible(replay, batch, quota, str(err).splitlines()[0][:200])
+    out = []
+    for index, pass_ in enumerate(("forward", "backward")):
+        if pass_ == "backward" and not replay.backward:
+            continue
+        times = [run[index] for run in runs]
+        median = statistics.median(times)
+        spread = (max(times) - min(times)) / median if median > 0 else 0.0
+        out.append(Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread))
+    return out
+
+
+def _infeasible(replay: _Replay, batch: int, quota: int, error: str) -> list[Sample]:
+    passes = ("forward", "backward") if replay.backward else ("forward",)
+    return [Sample(replay.name, p, batch, quota, None, False, 0, 0.0, error) for p in passes]
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="mosaic profile", unit="point", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,63 @@
+"""``lightning-mosaic show PROFILE.json``: what was measured, what the model predicts, how far apart.
+
+One table per unit and pass: quota, batch, the measured median, the time the performance model
+predicts for that point when fitted *without* it (held out, so the error is honest), and the
+error; then the held-out MAPE per unit. Infeasible points are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.profile import Profile, ProfileError
+
+
+def render(profile: Profile, model: PerfModel) -> str:
+    """The tables of ``profile`` with ``model``'s held-out predictions."""
+    unit = "SMs" if profile.quota_unit == "sm" else "threads"
+    predicted = {(r["module"], r["pass"], r["batch"], r["quota"]): r for r in model.held_out()}
+    lines = [profile.describe(), ""]
+    for info in profile.modules:
+        passes = ("forward", "backward") if info.backward else ("forward",)
+        for pass_ in passes:
+            lines.append(f"{info.name} / {pass_}")
+            lines.append(f"  {unit:>7}  {'batch':>6}  {'measured':>11}  {'predicted':>11}  {'error':>7}")
+            points = sorted(
+                profile.samples_of(info.name, pass_, feasible_only=False), key=lambda s: (s.quota, s.batch)
+            )
+            for s in points:
+                if not s.feasible:
+                    lines.append(f"  {s.quota:>7}  {s.batch:>6}  {'infeasible':>11}  ({s.error})")
+                    continue
+                row = predicted[(info.name, pass_, s.batch, s.quota)]
+                lines.append(
+                    f"  {s.quota:>7}  {s.batch:>6}  {_ms(row['measured'])}  {_ms(row['predicted'])}"
+                    f"  {row['error']:>7.1%}"
+                )
+            lines.append("")
+    scores = model.score()
+    lines.append("held-out MAPE per module (each point predicted by a model fitted without it):")
+    width = max(len(name) for name in scores) if scores else 0
+    lines.extend(f"  {name:<{width}}  {value:.1%}" for name, value in scores.items())
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:>8.3f} ms"
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lightning-mosaic show",
+        description="Show a profile: measured vs held-out predicted time per module, pass, quota and batch.",
+    )
+    parser.add_argument("profile", help="a profile JSON file written by MosaicProfiler or the strategy")
+    args = parser.parse_args(argv)
+    try:
+        profile = Profile.load(args.profile)
+    except ProfileError as err:
+        parser.exit(1, f"lightning-mosaic show: {err}\n")
+    print(render(profile, PerfModel().fit(profile)))
+    return 0

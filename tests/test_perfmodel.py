@@ -1,0 +1,179 @@
+"""The performance model: fit to a profile, held-out accuracy, interpolation, analytic models, JSON."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lightning_mosaic.perfmodel import PerfModel, mape
+from lightning_mosaic.profile import MemorySample, ModuleInfo, Profile, Sample
+from lightning_mosaic.profiler import quota_grid
+
+SMS = 132
+# per module: fixed time, per-sample work, SMs per sample beyond which more SMs stop helping
+SHAPES = {"vision": (2e-4, 3e-3, 1.5), "llm": (5e-4, 9e-3, 6.0)}
+
+
+def truth(module: str, pass_: str, batch: float, quota: float) -> float:
+    """A physically shaped time: launch overhead + per-sample work over min(quota, saturation)."""
+    fixed, work, per_sample = SHAPES[module]
+    scale = 2.0 if pass_ == "backward" else 1.0
+    return scale * (fixed + work * batch / min(quota, per_sample * batch) + 1e-5 * batch)
+
+
+def synthetic_profile(seed: int, batches=(4, 8, 16, 24, 32), quotas=None, noise=0.03) -> Profile:
+    rng = np.random.default_rng(seed)
+    quotas = quotas or quota_grid(SMS, 8, 8, steps=8)
+    samples = [
+        Sample(m, p, b, q, truth(m, p, b, q) * (1 + noise * rng.standard_normal()), True, 5, 0.0)
+        for m in SHAPES
+        for p in ("forward", "backward")
+        for b in batches
+        for q in quotas
+    ]
+    memory = [MemorySample(m, b, activation_bytes=1000 + 250 * b) for m in SHAPES for b in batches]
+    return Profile(
+        fingerprint={"digest": "synthetic", "modules": {}},
+        device="synthetic GPU",
+        device_type="cuda",
+        quota_unit="sm",
+        capacity=SMS,
+        granularity=[8, 8],
+        torch_version="-",
+        batch_size=max(batches),
+        batch_fractions=[b / max(batches) for b in batches],
+        quotas=list(quotas),
+        modules=[ModuleInfo(m, 1000, True, True, max(batches)) for m in SHAPES],
+        samples=samples,
+        memory=memory,
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_to_noisy_synthetic_profile_is_accurate_held_out_and_between_grid_points(seed):
+    model = PerfModel().fit(synthetic_profile(seed))
+    scores = model.score()
+    assert set(scores) == set(SHAPES)
+    assert all(value < 0.05 for value in scores.values()), scores  # held-out MAPE under 5% with 3% noise
+    # points that are not on the grid: batches and quotas between the measured ones
+    errors = {
+        (m, p, b, q): abs(model.predict(m, p, b, q) / truth(m, p, b, q) - 1)
+        for m in SHAPES
+        for p in ("forward", "backward")
+        for b in (6, 10, 12, 20, 28)
+        for q in (12, 20, 32, 48, 72, 100, 120)
+    }
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 0.05, (worst, errors[worst])
+
+
+def test_score_is_held_out_not_in_sample():
+    profile = synthetic_profile(0)
+    model = PerfModel().fit(profile)
+    rows = model.held_out()
+    assert len(rows) == len(profile.samples)
+    in_sample = [
+        abs(model.predict(r["module"], r["pass"], r["batch"], r["quota"]) / r["measured"] - 1) for r in rows
+    ]
+    held_out = [r["error"] for r in rows]
+    assert np.mean(held_out) > np.mean(in_sample)  # a point predicted without it is predicted worse
+    assert model.score()["vision"] == pytest.approx(
+        np.mean([r["error"] for r in rows if r["module"] == "vision"])
+    )
+
+
+def test_noiseless_fit_is_nearly_exact():
+    model = PerfModel().fit(synthetic_profile(0, noise=0.0))
+    assert max(model.score().values()) < 0.01
+
+
+def test_single_quota_profile_assumes_inverse_scaling():
+    profile = synthetic_profile(0, quotas=[SMS], noise=0.0)
+    model = PerfModel().fit(profile)
+    full = model.predict("vision", "forward", 20, SMS)  # vision's time is linear in the batch at 132 SMs
+    assert full == pytest.approx(truth("vision", "forward", 20, SMS), rel=0.01)
+    assert model.predict("vision", "forward", 20, SMS / 4) == pytest.approx(4 * full, rel=1e-6)
+
+
+def test_memory_is_linear_in_the_batch():
+    model = PerfModel().fit(synthetic_profile(0))
+    assert model.memory("vision", 8) == 3000
+    assert model.memory("vision", 12) == 4000  # between grid points
+    profile = synthetic_profile(0)
+    profile.memory = [MemorySample("vision", 32, activation_bytes=100, peak_bytes=6400)]
+    assert PerfModel().fit(profile).memory("vision", 16) == 3200  # peak bytes win; one point: proportional
+
+
+def test_frozen_module_has_no_backward_time():
+    profile = synthetic_profile(0)
+    profile.modules[0].backward = False
+    profile.samples = [s for s in profile.samples if not (s.module == "vision" and s.pass_ == "backward")]
+    model = PerfModel().fit(profile)
+    assert model.predict("vision", "backward", 8, 64) == 0.0
+    assert model.predict("vision", "forward", 8, 64) > 0
+
+
+def test_infeasible_points_are_ignored_by_the_fit():
+    profile = synthetic_profile(0)
+    for s in profile.samples[:5]:
+        s.feasible, s.seconds, s.error = False, None, "out of memory"
+    model = PerfModel().fit(profile)
+    assert len(model.held_out()) == len(profile.samples) - 5
+
+
+def test_a_module_without_feasible_points_cannot_be_fitted():
+    profile = synthetic_profile(0)
+    for s in profile.samples:
+        if s.module == "llm" and s.pass_ == "backward":
+            s.feasible, s.seconds = False, None
+    with pytest.raises(ValueError, match="no feasible backward sample of module 'llm'"):
+        PerfModel().fit(profile)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = PerfModel().fit(synthetic_profile(1))
+    path = tmp_path / "model.json"
+    model.save(path)
+    loaded = PerfModel.load(path)
+    for args in [("vision", "forward", 7, 33), ("llm", "backward", 30, 131)]:
+        assert loaded.predict(*args) == model.predict(*args)
+    assert loaded.memory("llm", 9) == model.memory("llm", 9)
+    assert loaded.score() == model.score()
+    assert "held-out MAPE" in loaded.describe()
+    path.write_text('{"kind": "something else"}')
+    with pytest.raises(ValueError, match=f"cannot load performance model {path}: not a saved PerfModel"):
+        PerfModel.load(path)
+
+
+def test_from_function_has_the_same_interface():
+    model = PerfModel.from_function(truth, lambda m, b: 10 * b, modules=list(SHAPES), capacity=SMS)
+    assert model.predict("llm", "forward", 8, 66) == truth("llm", "forward", 8, 66)
+    assert model.memory("vision", 4) == 40
+    assert "analytic" in model.describe()
+    with pytest.raises(ValueError, match=r"analytic model \(from_function\) has no measured points"):
+        model.score()
+    with pytest.raises(TypeError, match="cannot be saved"):
+        model.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("audio", "forward", 4, 8),
+            r"module 'audio' is not in the performance model; it has \['vision', 'llm'\]",
+        ),
+        (("llm", "sideways", 4, 8), "pass_='sideways' is not one of"),
+        (("llm", "forward", 0, 8), "batch=0 must be a positive number of samples"),
+        (("llm", "forward", 4, 0), r"quota=0 must be in \(0, 132\] sms"),
+        (("llm", "forward", 4, 200), r"quota=200 must be in \(0, 132\]"),
+    ],
+)
+def test_bad_queries(args, message):
+    model = PerfModel.from_function(truth, modules=list(SHAPES), capacity=SMS)
+    with pytest.raises(ValueError, match=message):
+        model.predict(*args)
+
+
+def test_mape():
+    assert mape([1.1, 0.9], [1.0, 1.0]) == pytest.approx(0.1)

@@ -1,0 +1,269 @@
+"""The profiler: capture a step's inputs, replay each unit alone over (batch, quota), change nothing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_mosaic.profile import Profile, validate
+from lightning_mosaic.profiler import InputCapture, profile_units, quota_grid
+
+
+class Trainable(nn.Module):
+    """Linear + BatchNorm (buffers) + dropout (RNG); remembers the batch sizes it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.5)
+        self.seen: list[int] = []
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        self.seen.append(x.shape[0])
+        return self.drop(self.norm(self.fc(x))) * scale
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = Trainable()
+        self.frozen = nn.Linear(8, 8).requires_grad_(False)
+        self.head = Head()
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.enc(x, scale=2.0)
+        b = self.frozen(x)
+        return self.head(torch.cat([a, b], dim=1)).mean()
+
+
+def captured_model(batch: int = 8):
+    torch.manual_seed(0)
+    model = Model()
+    units = {"enc": model.enc, "frozen": model.frozen, "head": model.head}
+    with InputCapture(units) as capture:
+        model(torch.randn(batch, 8)).backward()
+    model.zero_grad(set_to_none=True)
+    return model, units, capture
+
+
+def test_quota_grid():
+    assert quota_grid(132, 8, 8) == [8, 24, 40, 64, 96, 132]  # H100 SXM: multiples of 8
+    assert quota_grid(108, 4, 2) == [4, 14, 28, 50, 76, 108]  # A100: minimum 4, multiples of 2
+    assert quota_grid(2) == [1, 2]
+    assert quota_grid(4) == [1, 2, 3, 4]
+    assert quota_grid(64) == [1, 6, 14, 27, 44, 64]
+
+
+def test_capture_records_the_first_call_detached_with_its_state():
+    _, units, capture = captured_model()
+    assert set(capture.captured) == {"enc", "frozen", "head"}
+    assert capture.calls == {"enc": 1, "frozen": 1, "head": 1}
+    enc = capture.captured["enc"]
+    assert enc.args[0].shape == (8, 8) and enc.kwargs == {"scale": 2.0}
+    assert enc.grad_enabled and enc.training and enc.autocast is None
+    head_input = capture.captured["head"].args[0]
+    assert head_input.requires_grad and head_input.is_leaf  # grad-requiring, but cut from the step's graph
+    assert not enc.args[0].requires_grad
+    assert not units["enc"]._forward_pre_hooks  # stopped: hooks removed
+
+
+def test_capture_counts_repeated_calls_and_sees_autocast():
+    enc = nn.Linear(4, 4)
+    with InputCapture({"enc": enc}) as capture, torch.autocast("cpu", dtype=torch.bfloat16):
+        enc(torch.randn(2, 4))
+        enc(torch.randn(3, 4))
+    assert capture.calls["enc"] == 2
+    assert capture.captured["enc"].args[0].shape == (2, 4)
+    assert capture.captured["enc"].autocast == ("cpu", torch.bfloat16)
+
+
+def test_profile_covers_the_grid_and_leaves_the_model_as_it_was():
+    model, units, capture = captured_model()
+    model.train()
+    model.frozen.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    profile = profile_units(
+        units, capture.captured, 8, calls=capture.calls, warmup=1, repeats=2, progress=False
+    )
+
+    assert validate(profile.to_dict()) == []
+    assert Profile.from_json(profile.to_json()) == profile
+    assert profile.device == "cpu" and profile.quota_unit == "thread"
+    assert profile.capacity == torch.get_num_threads()
+    assert profile.quotas == quota_grid(profile.capacity)
+    assert profile.batches == [2, 4, 8]
+    assert profile.complete
+    info = {m.name: m for m in profile.modules}
+    assert (info["enc"].trainable, info["enc"].backward, info["enc"].batch_rows) == (True, True, 8)
+    assert (info["frozen"].trainable, info["frozen"].backward) == (False, False)
+    assert (info["head"].trainable, info["head"].backward) == (True, True)
+    for name in units:
+        passes = ("forward", "backward") if info[name].backward else ("forward",)
+        for pass_ in passes:
+            points = {(s.batch, s.quota) for s in profile.samples_of(name, pass_)}
+            assert points == {(b, q) for b in [2, 4, 8] for q in profile.quotas}, (name, pass_)
+        assert not profile.samples_of(name, "backward") if not info[name].backward else True
+    assert all(s.seconds > 0 and s.repeats >= 1 for s in profile.samples)
+    assert {m.batch for m in profile.memory if m.module == "enc"} == {2, 4, 8}
+    enc_memory = sorted((m.batch, m.activation_bytes) for m in profile.memory if m.module == "enc")
+    assert enc_memory[0][1] > 0 and enc_memory[0][1] < enc_memory[-1][1]  # activations grow with the batch
+    assert set(model.enc.seen) == {2, 4, 8}  # replayed on slices of the captured batch
+
+    # nothing observable changed: parameters, buffers (BatchNorm statistics), RNG, modes, grads
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.enc.training and not model.frozen.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_module_called_without_grad_has_no_backward_and_inputs_keep_requires_grad():
+    frozen = nn.Linear(4, 4).requires_grad_(False)
+    trainable = nn.Linear(4, 4)
+    x = torch.randn(4, 4, requires_grad=True)
+    with InputCapture({"frozen": frozen, "nograd": trainable}) as capture:
+        frozen(x).sum().backward()
+        with torch.no_grad():
+            trainable(x)
+    profile = profile_units(
+        {"frozen": frozen, "nograd": trainable}, capture.captured, 4, quotas=[1], repeats=1, progress=False
+    )
+    info = {m.name: m for m in profile.modules}
+    assert info["frozen"].backward  # frozen weights, but its input requires grad
+    assert not info["frozen"].trainable
+    assert not info["nograd"].backward  # called under no_grad: forward only
+    assert profile.samples_of("frozen", "backward") and not profile.samples_of("nograd", "backward")
+
+
+class Greedy(nn.Module):
+    """Runs out of memory above two samples, like a module that does not fit at the full batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return self.fc(x)
+
+
+def test_out_of_memory_points_are_kept_as_infeasible_and_profiling_goes_on():
+    greedy, other = Greedy(), nn.Linear(4, 4)
+    captured = {}
+    with InputCapture({"greedy": greedy, "other": other}) as capture:
+        greedy(torch.randn(2, 4))  # captured at a batch that fits ...
+        other(torch.randn(8, 4))
+    captured = dict(capture.captured)
+    captured["greedy"].args = (torch.randn(8, 4),)  # ... replayed from the full batch of 8
+    profile = profile_units(
+        {"greedy": greedy, "other": other}, captured, 8, quotas=[1], repeats=1, progress=False
+    )
+    assert profile.complete
+    bad = [s for s in profile.samples if not s.feasible]
+    assert {(s.module, s.batch, s.pass_) for s in bad} == {
+        ("greedy", b, p) for b in (4, 8) for p in ("forward", "backward")
+    }
+    assert all(s.seconds is None and "out of memory" in s.error for s in bad)
+    assert {(s.batch, s.pass_) for s in profile.samples_of("greedy", "forward")} == {(2, "forward")}
+    assert len(profile.samples_of("other", "forward")) == 3 * len(profile.quotas)  # fully measured
+    memory = {m.batch: m.feasible for m in profile.memory if m.module == "greedy"}
+    assert memory == {2: True, 4: False, 8: False}
+    assert Profile.from_json(profile.to_json()).samples == profile.samples  # infeasible kept in JSON
+
+
+def test_max_seconds_stops_early_and_says_so(caplog):
+    _, units, capture = captured_model()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        profile = profile_units(units, capture.captured, 8, max_seconds=1e-6, progress=False)
+    assert not profile.complete
+    points = {(s.module, s.batch, s.quota) for s in profile.samples}
+    assert points == {(name, 8, profile.capacity) for name in units}  # the essential points only
+    assert "profiling stopped after max_seconds=1e-06" in caplog.text
+    assert any("stopped by max_seconds" in note for note in profile.notes)
+    assert "stopped early" in profile.describe()
+
+
+def test_unsliceable_inputs_are_profiled_at_the_full_batch_only():
+    enc = nn.Linear(4, 4)
+    with InputCapture({"enc": enc}) as capture:
+        enc(torch.randn(6, 4)), enc.weight.sum()
+    captured = dict(capture.captured)
+    captured["enc"].args = (torch.randn(6, 4), torch.randn(5, 4))  # first dims disagree, none is the batch
+    enc.forward = lambda a, b: a @ enc.weight  # type: ignore[method-assign]
+    profile = profile_units({"enc": enc}, captured, 8, quotas=[1], repeats=1, progress=False)
+    assert {s.batch for s in profile.samples} == {8}
+    assert profile.modules[0].batch_rows is None
+    assert any("no batch dimension found" in note for note in profile.notes)
+
+
+def test_a_failing_module_is_an_error_naming_it():
+    class Broken(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            raise ValueError("shape mismatch")
+
+    broken = Broken()
+    with InputCapture({"broken": broken}) as capture:
+        try:
+            broken(torch.randn(2, 2))
+        except ValueError:
+            pass
+    with pytest.raises(RuntimeError, match="replaying module 'broken' at batch 2 failed: shape mismatch"):
+        profile_units({"broken": broken}, capture.captured, 2, quotas=[1], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size=0 must be a whole number, at least 1"),
+        ({"repeats": 0}, "repeats=0 must be a whole number, at least 1"),
+        ({"warmup": -1}, "warmup=-1 must be a whole number of runs"),
+        ({"max_seconds": 0}, "max_seconds=0 must be a positive number of seconds"),
+        ({"batch_fractions": [0.5, 1.5]}, r"batch_fractions=\[0.5, 1.5\] must be numbers in \(0, 1\]"),
+        ({"quotas": [0, 1]}, r"quotas \[0, 1\] must be whole numbers of threads from 1 to \d+"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    _, units, capture = captured_model()
+    options = {"batch_size": 8, "progress": False} | kwargs
+    with pytest.raises(ValueError, match=message):
+        profile_units(units, capture.captured, **options)
+
+
+def test_nothing_captured_is_an_error():
+    with pytest.raises(ValueError, match=r"none of \['enc'\] ran in the captured step"):
+        profile_units({"enc": nn.Linear(2, 2)}, {}, 4, progress=False)
+
+
+@pytest.mark.gpu
+def test_gpu_profile_uses_green_context_quotas():
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(2048, 2048), nn.GELU(), nn.Linear(2048, 2048)).cuda()
+    with InputCapture({"big": big}) as capture:
+        big(torch.randn(512, 2048, device="cuda")).sum().backward()
+    profile = profile_units({"big": big}, capture.captured, 512, repeats=3, progress=False)
+    assert (
+        profile.quota_unit == "sm"
+        and profile.capacity == torch.cuda.get_device_properties(0).multi_processor_count
+    )
+    assert profile.quotas[-1] == profile.capacity
+    assert all(m.peak_bytes and m.peak_bytes > 0 for m in profile.memory)
+    if profile.green_context is not None:
+        full = {s.quota: s.seconds for s in profile.samples_of("big", "forward") if s.batch == 512}
+        smallest = min(full)
+        assert full[smallest] > 2 * full[profile.capacity], full  # a few SMs are much slower than all of them
+        assert all(g["granted"] % profile.granularity[1] == 0 for g in profile.grants)
