@@ -7,7 +7,8 @@ GPU only. Measures, in one process:
 - a compute-bound kernel (bf16 matmul) on a green context of a quarter of the SMs vs the full GPU,
   as a ratio next to the ratio of SM counts;
 - two independent GPU-underusing encoders run through the engine with each backend: their
-  kernels' intervals (CUDA events) and the step time;
+  kernels' intervals (CUDA events, with the whole step queued behind a sleep kernel so launch
+  speed does not decide the order) and the step time;
 - the demo model trained 10 steps under plain Lightning and under mosaic with each backend:
   the largest parameter difference.
 
@@ -90,8 +91,12 @@ def overlap(backend_name: str, quotas: dict[str, int] | None = None, steps: int 
         with engine.step():
             model(x, y).backward()
     end.record()
+    # Hold the GPU busy while one more step is launched, so every kernel of both encoders is queued
+    # before any runs: the placement then shows what the GPU does with them, not how fast the CPU
+    # launches (tiny kernels otherwise finish as soon as they are launched, one encoder after the other).
+    torch.cuda._sleep(50_000_000)
     reference = torch.cuda.Event(enable_timing=True)
-    reference.record()  # on the caller's stream, before one more step whose kernels we place
+    reference.record()  # on the caller's stream, before the step whose kernels we place
     with engine.step():
         model(x, y).backward()
     torch.cuda.synchronize()

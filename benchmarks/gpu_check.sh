@@ -4,12 +4,16 @@
 # performance-model accuracy on a GPU profile of the demo model (and the profile itself), the
 # engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked
 # tests, the engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh                      # every section
+#   bash benchmarks/gpu_check.sh accuracy tests       # only these sections
+# Sections: environment accuracy engine tests overhead racecheck (environment always runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SECTIONS=${*:-accuracy engine tests overhead racecheck}
+wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 status=0
 
 python - "$OUT/environment.json" <<'PY' || status=1
@@ -23,17 +27,24 @@ if torch.cuda.is_available():
                 capability=f"{p.major}.{p.minor}", device_count=torch.cuda.device_count())
 gc = getattr(torch.cuda, "green_contexts", None)
 info["green_contexts_api"] = sorted(n for n in dir(gc) if not n.startswith("_")) if gc else None
+if gc is not None and hasattr(gc, "GreenContext"):
+    info["green_context_members"] = sorted(n for n in dir(gc.GreenContext) if not n.startswith("_"))
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info, indent=2))
 PY
 
-timeout 120 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
-    --max-seconds 50 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
+if wanted accuracy; then
+    timeout 120 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
+        --max-seconds 50 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
+fi
 
-timeout 90 python benchmarks/engine_check.py --out "$OUT/engine_check.json" || status=1
+if wanted engine; then
+    timeout 90 python benchmarks/engine_check.py --out "$OUT/engine_check.json" || status=1
+fi
 
-timeout 120 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
-python - "$OUT/gpu_tests.xml" "$OUT/gpu_tests.json" <<'PY' || status=1
+if wanted tests; then
+    timeout 120 python -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || status=1
+    python - "$OUT/gpu_tests.xml" "$OUT/gpu_tests.json" <<'PY' || status=1
 import json, sys, xml.etree.ElementTree as ET
 cases = []
 for case in ET.parse(sys.argv[1]).iter("testcase"):
@@ -52,27 +63,36 @@ summary = {o: sum(c["outcome"] == o for c in cases) for o in ("passed", "failed"
 json.dump({"summary": summary, "cases": cases}, open(sys.argv[2], "w"), indent=2)
 print(summary)
 PY
+fi
 
-timeout 60 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 30 --rounds 3 \
-    --out "$OUT/overhead.json" || status=1
+if wanted overhead; then
+    timeout 60 python benchmarks/overhead.py --accelerator gpu --size small --batch-size 32 --steps 30 --rounds 3 \
+        --out "$OUT/overhead.json" || status=1
+fi
 
-# compute-sanitizer's racecheck on a two-step run of the demo with units on their own streams.
-if command -v compute-sanitizer >/dev/null 2>&1; then
-    timeout 45 compute-sanitizer --tool racecheck --print-limit 20 \
-        python -m lightning_mosaic demo --size tiny --steps 2 --batch-size 2 --accelerator gpu --backend streams \
-        > "$OUT/racecheck.log" 2>&1
-    code=$?
-    python - "$OUT/racecheck.log" "$OUT/racecheck.json" "$code" <<'PY' || status=1
+# compute-sanitizer's racecheck reports shared-memory hazards inside kernels (it does not see
+# cross-stream ordering, which the recording backend's tests check). The demo runs with units on
+# their own streams and, for comparison, inline: hazards in both come from the kernels themselves.
+if wanted racecheck && command -v compute-sanitizer >/dev/null 2>&1; then
+    for backend in streams none; do
+        timeout 45 compute-sanitizer --tool racecheck --print-limit 20 \
+            python -m lightning_mosaic demo --size tiny --steps 2 --batch-size 2 --accelerator gpu \
+            --backend "$backend" > "$OUT/racecheck-$backend.log" 2>&1
+        echo $? > "$OUT/racecheck-$backend.code"
+    done
+    python - "$OUT" <<'PY' || status=1
 import json, re, sys
-text = open(sys.argv[1]).read()
-summary = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", text)
-hazards = [list(map(int, s)) for s in summary]
-json.dump({"exit_code": int(sys.argv[3]), "summary_lines": hazards,
-           "hazards": sum(h[0] for h in hazards), "no_hazard_line": "0 hazards displayed" in text,
-           "tail": text[-3000:]}, open(sys.argv[2], "w"), indent=2)
-print("racecheck:", hazards or "no summary line", "exit", sys.argv[3])
+out = {}
+for backend in ("streams", "none"):
+    text = open(f"{sys.argv[1]}/racecheck-{backend}.log").read()
+    summary = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", text)
+    kernels = sorted(set(re.findall(r"Race reported between \w+ access at (\w+)", text)))
+    out[backend] = {"exit_code": int(open(f"{sys.argv[1]}/racecheck-{backend}.code").read()),
+                    "hazards": sum(int(s[0]) for s in summary), "kernels": kernels}
+json.dump(out, open(f"{sys.argv[1]}/racecheck.json", "w"), indent=2)
+print("racecheck:", out)
 PY
-else
+elif wanted racecheck; then
     echo '{"skipped": "compute-sanitizer not found"}' > "$OUT/racecheck.json"
 fi
 

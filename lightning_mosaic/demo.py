@@ -33,11 +33,20 @@ class DemoSize:
     frames: int  # audio frames
     width: int  # encoder width
     layers: int  # encoder layers
-    heads: int  # attention heads
+    heads: int  # attention heads of the encoders
     llm_width: int
     llm_layers: int
     vocab: int
     text: int  # text tokens per sample
+    llm_heads: int = 0  # attention heads of the language model (0: as many as the encoders')
+
+    def __post_init__(self) -> None:
+        llm_heads = self.llm_heads or self.heads
+        for width, heads, what in ((self.width, self.heads, "encoder"), (self.llm_width, llm_heads, "LLM")):
+            if width % heads:
+                raise ValueError(f"{what} width {width} is not divisible by its {heads} attention heads")
+        if self.image % self.patch:
+            raise ValueError(f"image side {self.image} is not a multiple of the patch side {self.patch}")
 
 
 SIZES: dict[str, DemoSize] = {
@@ -76,6 +85,7 @@ SIZES: dict[str, DemoSize] = {
         layers=12,
         heads=12,
         llm_width=1024,
+        llm_heads=16,
         llm_layers=12,
         vocab=32000,
         text=128,
@@ -153,7 +163,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(s.vocab, s.llm_width)
         self.pos = nn.Parameter(torch.randn(1, prefix_tokens + s.text, s.llm_width) * 0.02)
-        self.blocks = _blocks(s.llm_width, s.llm_layers, s.heads)
+        self.blocks = _blocks(s.llm_width, s.llm_layers, s.llm_heads or s.heads)
         self.norm = nn.LayerNorm(s.llm_width)
         self.head = nn.Linear(s.llm_width, s.vocab, bias=False)
 

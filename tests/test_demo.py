@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -64,3 +66,18 @@ def test_synthetic_data_is_deterministic_and_shaped():
 def test_unknown_size():
     with pytest.raises(ValueError, match=r"unknown demo size 'huge'; choose one of tiny, small, base"):
         DemoMultimodalModel("huge")
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_every_size_builds(size):
+    with torch.device("meta"):  # shapes only: the base size would take seconds to initialise
+        model = DemoMultimodalModel(size)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_inconsistent_sizes_are_rejected():
+    base = SIZES["tiny"]
+    with pytest.raises(ValueError, match="LLM width 32 is not divisible by its 3 attention heads"):
+        dataclasses.replace(base, llm_heads=3)
+    with pytest.raises(ValueError, match="image side 16 is not a multiple of the patch side 5"):
+        dataclasses.replace(base, patch=5)

@@ -120,8 +120,9 @@ def make_streams(
 ) -> tuple[dict[str, Any], list[Any], list[str]]:
     """A stream per partitioned unit, inside a green context of its granted size.
 
-    Returns the streams, the contexts (keep them alive as long as their streams) and notes for the
-    log. With ``SMPartition.split`` the partitions are carved in one split and are disjoint, and
+    Returns the streams, the contexts and notes for the log. Contexts live as long as the process
+    (see ``_CONTEXTS``): one per SM count is created and shared by every later request. With
+    ``SMPartition.split`` the partitions are carved in one split and are disjoint, and
     ``grants`` is updated with the SM counts CUDA reports; otherwise each context is created on its
     own and the driver may overlap them.
     """
@@ -135,6 +136,7 @@ def make_streams(
             parts, _rest = whole.split(num_sms=[grants[n].granted for n in names])
             for name, part in zip(names, parts, strict=True):
                 contexts[name] = api.module.GreenContext(sm_partition=part)
+            _KEPT.extend(contexts.values())
         except Exception as err:  # e.g. a driver older than the split API needs
             contexts.clear()
             notes.append(f"SMPartition.split failed ({err}); creating the contexts one by one")
@@ -146,7 +148,7 @@ def make_streams(
             notes.append(f"disjoint SM partitions from one split: {', '.join(names)}")
     if not contexts:
         for name in names:
-            contexts[name] = api.module.GreenContext.create(num_sms=grants[name].granted, device_id=index)
+            contexts[name] = _context(api, index, grants[name].granted)
         if len(names) > 1:
             notes.append(
                 "green contexts created one by one (no SMPartition.split in this torch, or the quotas exceed"
@@ -154,6 +156,22 @@ def make_streams(
             )
     streams = {name: ctx.Stream() for name, ctx in contexts.items()}
     return streams, list(contexts.values()), notes
+
+
+# Green contexts are never destroyed. The caching allocator keeps per-stream state for memory used
+# on a context's streams (cached blocks, events of ``record_stream``); destroying the context while
+# any of it lives aborts the process ("CUDA error: context is destroyed") when that memory is freed.
+# A process holds at most one context per (device, SM count) from here, and those of disjoint splits.
+_CONTEXTS: dict[tuple[int, int, int], Any] = {}
+_KEPT: list[Any] = []
+
+
+def _context(api: GreenContextAPI, index: int, sms: int) -> Any:
+    """The process's green context of ``sms`` SMs on device ``index``, created once."""
+    key = (id(api.module), index, sms)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = api.module.GreenContext.create(num_sms=sms, device_id=index)
+    return _CONTEXTS[key]
 
 
 def _device_sms(index: int) -> int:
