@@ -34,8 +34,8 @@ print(json.dumps(info, indent=2))
 PY
 
 if wanted accuracy; then
-    timeout 120 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
-        --max-seconds 50 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
+    timeout 130 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
+        --max-seconds 60 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
 fi
 
 if wanted engine; then

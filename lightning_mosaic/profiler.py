@@ -12,9 +12,10 @@ parameters and grad-requiring inputs (random ``grad_outputs`` of the outputs' sh
   with a warning, where green contexts are unavailable); on a CPU, intra-op thread counts 1..n in
   a worker thread.
 
-Each point runs ``warmup`` untimed and up to ``repeats`` timed times (CUDA events on a GPU,
-``perf_counter`` on a CPU) and keeps the median. A first run per (unit, batch) on the whole device
-measures memory: bytes autograd saves for backward, and on a GPU the peak allocated. A point that
+Each point runs ``warmup`` untimed and ``repeats`` timed times (CUDA events on a GPU,
+``perf_counter`` on a CPU) and keeps the median; a run shorter than a few milliseconds is
+repeated more (up to 50 ms of timed runs, at most 100), since short runs jitter most. A first
+run per (unit, batch) on the whole device measures memory: bytes autograd saves for backward, and on a GPU the peak allocated. A point that
 runs out of memory is recorded as infeasible and profiling goes on. ``max_seconds`` bounds the
 whole profile: repeats shrink to fit the time left, and when it is spent the remaining points are
 skipped (the profile says it is incomplete); every unit's full batch on the whole device is
@@ -53,6 +54,8 @@ from lightning_mosaic.profile import (
 
 log = get_logger(__name__)
 DEFAULT_FRACTIONS = (0.25, 0.5, 1.0)
+MIN_POINT_SECONDS = 0.05  # timed runs of a point add up to at least this much, time budget allowing
+MAX_REPEATS = 100
 
 
 # ---------------------------------------------------------------------- capturing inputs
@@ -563,7 +566,9 @@ def _measure_point(
         runner.run(quota, lambda: replay.run(batch, clock, max(1, warmup)))
         per_run = (time.perf_counter() - t0) / max(1, warmup)
         budget = max(0.0, deadline - time.perf_counter()) / max(1, points_left)
-        n = max(1, min(repeats, math.floor(budget / max(per_run, 1e-9))))
+        # Short runs are noisy (launch gaps, clocks): repeat them up to MIN_POINT_SECONDS in all.
+        wanted = min(max(repeats, math.ceil(MIN_POINT_SECONDS / max(per_run, 1e-9))), MAX_REPEATS)
+        n = max(1, min(wanted, math.floor(budget / max(per_run, 1e-9))))
         runs = runner.run(quota, lambda: replay.run(batch, clock, n))
     except Exception as err:
         if not _is_oom(err):
