@@ -15,8 +15,9 @@ parameters and grad-requiring inputs (random ``grad_outputs`` of the outputs' sh
 Each point runs ``warmup`` untimed and ``repeats`` timed times (CUDA events on a GPU,
 ``perf_counter`` on a CPU) and keeps the median; a run shorter than a few milliseconds is
 repeated more (up to 50 ms of timed runs, at most 100), since short runs jitter most. A first
-run per (unit, batch) on the whole device measures memory: bytes autograd saves for backward, and on a GPU the peak allocated. A point that
-runs out of memory is recorded as infeasible and profiling goes on. ``max_seconds`` bounds the
+run per (unit, batch) on the whole device measures memory: bytes autograd saves for backward,
+and on a GPU the peak allocated. A point that runs out of memory is recorded as infeasible and
+profiling goes on. ``max_seconds`` bounds the
 whole profile: repeats shrink to fit the time left, and when it is spent the remaining points are
 skipped (the profile says it is incomplete); every unit's full batch on the whole device is
 measured first and always. The replay leaves the model as it found it: RNG
