@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -96,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         "mape": scores,
         "target": target,
         "within_target": {name: value <= target for name, value in scores.items()},
+        # (slowest - fastest) / median of a point's timed runs: how steady the device was at each quota
+        "median_spread_by_quota": {
+            str(q): statistics.median(
+                [s.spread for s in profile.samples if s.quota == q and s.feasible] or [0.0]
+            )
+            for q in profile.quotas
+        },
         "points": len(profile.samples),
         "infeasible_points": sum(not s.feasible for s in profile.samples),
         "profile_file": str(profile_path),

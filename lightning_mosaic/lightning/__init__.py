@@ -1,5 +1,6 @@
 """The Lightning layer: thin adapters over the core."""
 
+from lightning_mosaic.lightning.callback import MosaicProfiler
 from lightning_mosaic.lightning.strategy import MosaicStrategy
 
-__all__ = ["MosaicStrategy"]
+__all__ = ["MosaicProfiler", "MosaicStrategy"]
