@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_mosaic._files import write_text
 from lightning_mosaic.profile import PASSES, QUOTA_UNITS, Profile
 
 FEATURES = ("constant", "batch", "1/quota", "batch/quota", "saturation")
@@ -318,10 +319,7 @@ class PerfModel:
         return model
 
     def save(self, path: str | os.PathLike) -> None:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PerfModel:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lightning_mosaic._files import write_text
 from lightning_mosaic.graph import ModuleGraph
 
 SCHEMA_VERSION = 1
@@ -156,8 +157,7 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            f.write(self.to_json() + "\n")
+        write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from lightning_mosaic._files import write_text
+
 SCHEMA_VERSION = 1
 PASSES = ("forward", "backward")
 QUOTA_UNITS = ("sm", "thread")
@@ -163,13 +165,8 @@ class Profile:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the profile as JSON (the parent directory is created)."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)  # never leave a half-written profile behind
+        """Write the profile as JSON (the parent directory is created, the file never half-written)."""
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Profile:

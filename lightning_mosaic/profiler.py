@@ -12,9 +12,10 @@ parameters and grad-requiring inputs (random ``grad_outputs`` of the outputs' sh
   with a warning, where green contexts are unavailable); on a CPU, intra-op thread counts 1..n in
   a worker thread.
 
-Each point runs ``warmup`` untimed and ``repeats`` timed times (CUDA events on a GPU,
-``perf_counter`` on a CPU) and keeps the median; a run shorter than a few milliseconds is
-repeated more (up to 50 ms of timed runs, at most 100), since short runs jitter most. A first
+Each point runs ``warmup`` untimed (at least one, which also sizes the repeats) and ``repeats``
+timed times (CUDA events on a GPU, ``perf_counter`` on a CPU) and keeps the median; a run shorter
+than a few milliseconds is repeated more (up to 50 ms of timed runs, at most 100), since short
+runs jitter most. A first
 run per (unit, batch) on the whole device measures memory: bytes autograd saves for backward,
 and on a GPU the peak allocated. A point that runs out of memory is recorded as infeasible and
 profiling goes on. ``max_seconds`` bounds the
@@ -482,6 +483,7 @@ def profile_units(
     samples: list[Sample] = []
     memory: list[MemorySample] = []
     infeasible: set[tuple[str, int]] = set()
+    probed: set[tuple[str, int]] = set()  # (unit, batch) whose memory run is done
     deadline = started + max_seconds
     done = 0
     bar = _progress(len(points), progress)
@@ -491,7 +493,8 @@ def profile_units(
                 break
             replay = replays[name]
             bar.set_postfix_str(f"{name} batch {b} quota {q}")
-            if (name, b) not in {(m.module, m.batch) for m in memory}:
+            if (name, b) not in probed:
+                probed.add((name, b))
                 memory.append(_measure_memory(replay, b))
                 if not memory[-1].feasible:
                     infeasible.add((name, b))
