@@ -25,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="show a profile: measured vs predicted time per module, pass, quota and batch, and the MAPE",
         add_help=False,
     )
+    sub.add_parser(
+        "plan",
+        help="plan SM quotas, phases and micro-batches from a profile; write the plan and a timeline PNG",
+        add_help=False,
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
@@ -33,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning_mosaic.demo import main as demo
 
         return demo(argv[1:])
+    if args.command == "plan":
+        from lightning_mosaic.plan_command import main as plan
+
+        return plan(argv[1:])
     if args.command == "show":
         from lightning_mosaic.show import main as show
 

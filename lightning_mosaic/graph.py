@@ -211,7 +211,7 @@ def trace(modules: Mapping[str, nn.Module], step: Callable[[], T]) -> tuple[Modu
     a unit is called, the tags on its inputs are its producers. The step runs unchanged (same ops,
     same numbers); its result is returned with the graph.
     """
-    tracer = _Tracer(modules)
+    tracer = Tracer(modules)
     with tracer:
         result = step()
     return tracer.graph(), result
@@ -246,7 +246,10 @@ class _Taint(TorchDispatchMode):
         return out
 
 
-class _Tracer:
+class Tracer:
+    """The tracing of :func:`trace` as a context manager: enter before a step, exit after it, then
+    :meth:`graph`. For callers that cannot wrap the step in one call (a callback's start and end hooks)."""
+
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = dict(modules)
         self.taint = _Taint()
@@ -255,7 +258,7 @@ class _Tracer:
         self.calls: dict[str, int] = dict.fromkeys(self.modules, 0)
         self.handles: list[Any] = []
 
-    def __enter__(self) -> _Tracer:
+    def __enter__(self) -> Tracer:
         for name, module in self.modules.items():
             # The pre-hook runs after hooks registered before it (the engine's, which replaces
             # pending inputs with the real tensors the unit computes on); the forward hook runs

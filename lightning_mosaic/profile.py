@@ -93,6 +93,7 @@ class Profile:
     complete: bool = True  # False when ``max_seconds`` stopped it before the whole grid
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    graph: dict[str, Any] | None = None  # the ModuleGraph of the profiled step (ModuleGraph.to_dict)
     schema_version: int = SCHEMA_VERSION
 
     # ------------------------------------------------------------------ queries
@@ -149,7 +150,7 @@ class Profile:
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise ProfileError(f"not a valid profile: {shown}")
-        data = dict(data)
+        data = {"graph": None} | dict(data)
         data["modules"] = [ModuleInfo(**m) for m in data["modules"]]
         data["samples"] = [
             Sample(pass_=s["pass"], **{k: v for k, v in s.items() if k != "pass"}) for s in data["samples"]
@@ -286,8 +287,10 @@ SCHEMA: dict[str, Any] = {
     "complete": bool,
     "notes": [str],
     "created": str,
+    "graph": (dict, type(None)),
 }
 """The profile's JSON layout: a type, a tuple of allowed types, ``[item]`` for lists, a dict for objects."""
+OPTIONAL = frozenset({"graph"})  # fields a profile may lack (read as null)
 
 
 def validate(data: Any) -> list[str]:
@@ -334,7 +337,7 @@ def _check(value: Any, spec: Any, where: str, problems: list[str]) -> None:
         if not isinstance(value, dict):
             problems.append(f"{where} must be an object, got {type(value).__name__}")
             return
-        missing = [key for key in spec if key not in value]
+        missing = [key for key in spec if key not in value and key not in OPTIONAL]
         if missing:
             problems.append(f"{where} misses {missing}")
         extra = [key for key in value if key not in spec]

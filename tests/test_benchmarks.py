@@ -32,3 +32,15 @@ def test_perfmodel_accuracy_benchmark_writes_json_and_the_profile(tmp_path):
     assert set(saved["mape"]) == {"vision", "audio", "projector", "llm"}
     assert saved["within_target"] == {name: value <= 0.10 for name, value in saved["mape"].items()}
     assert Profile.load(profile).module_names == list(saved["mape"])
+
+
+def test_planner_quality_benchmark_writes_json(tmp_path):
+    main = runpy.run_path(str(BENCHMARKS / "planner_quality.py"))["main"]
+    out = tmp_path / "planner.json"
+    result = main(["--instances", "4", "--sms", "12", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    ratios = saved["comparison"]["ratio_heuristic_over_exhaustive"]
+    assert 1.0 - 1e-12 <= ratios["min"] <= ratios["median"] <= ratios["max"]  # exhaustive is the optimum
+    assert saved["speed_8_modules_h100"]["seconds_median"] > 0
+    assert saved["speed_8_modules_h100"]["plan"]["device"] == "NVIDIA H100 80GB HBM3"

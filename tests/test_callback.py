@@ -10,6 +10,7 @@ from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters, train
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_mosaic.lightning.callback as callback_module
+from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
 from lightning_mosaic.profile import Profile, ProfileError, validate
 
@@ -40,6 +41,8 @@ def test_profile_of_the_tiny_hf_model_through_a_trainer(tmp_path):
     assert {s.module for s in profile.samples} == set(UNITS)
     assert not profiler.reused
     assert set(profiler.perf_model.score()) == set(UNITS)
+    graph = ModuleGraph.from_dict(profile.graph)  # traced in the captured step
+    assert graph.inputs["llm"] == ["vision_proj", "audio_proj"] and graph.inputs["vision_proj"] == ["vision"]
     # profiling between steps changed nothing: same parameters as training without the callback
     plain = hf_model()
     trainer(max_steps=4).fit(plain, hf_loader())
@@ -110,6 +113,7 @@ def test_under_the_mosaic_strategy_the_replay_bypasses_the_engine(tmp_path):
     profiler = MosaicProfiler(**FAST)
     t, model = fit([profiler], tmp_path, strategy="mosaic")
     assert profiler.profile is not None and profiler.profile.module_names == UNITS
+    assert profiler.profile.graph == t.strategy.graph.to_dict()  # the strategy's traced graph
     assert t.strategy.engine.calls["llm"] == 4  # the training steps only, not the replays
     plain = hf_model()
     trainer(max_steps=4).fit(plain, hf_loader())

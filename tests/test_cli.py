@@ -85,3 +85,60 @@ def test_show_names_a_bad_file(tmp_path, capsys):
         main(["show", str(path)])
     assert exit_info.value.code == 1
     assert f"lightning-mosaic show: profile {path} is not valid JSON" in capsys.readouterr().err
+
+
+def _profile_with_graph(tmp_path, graph=True):
+    from test_perfmodel import synthetic_profile
+
+    from lightning_mosaic.graph import ModuleGraph
+
+    profile = synthetic_profile(0, batches=(8, 16, 32))
+    profile.device = "NVIDIA H100 80GB HBM3"
+    if graph:
+        profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_dict()
+    path = tmp_path / "profile.json"
+    profile.save(path)
+    return path
+
+
+def test_plan_writes_the_plan_and_a_timeline_png(tmp_path, capsys):
+    import matplotlib.image
+
+    from lightning_mosaic.planner import Plan
+
+    profile = _profile_with_graph(tmp_path)
+    out, png = tmp_path / "plan.json", tmp_path / "plan.png"
+    assert main(["plan", str(profile), "--batch-size", "32", "--out", str(out), "--timeline", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "NVIDIA H100 80GB HBM3: 132 SMs in quotas of 8" in text
+    plan = Plan.load(out)
+    assert plan.modules == ["vision", "llm"] and plan.device == "NVIDIA H100 80GB HBM3"
+    assert plan.predicted_step_s is not None and plan.predicted_step_s <= plan.predicted_temporal_s
+    assert matplotlib.image.imread(png).shape[:2] == (700, 1200)  # rows x columns: 12 x 7 inches at 100 dpi
+    assert f"timeline written to {png} (1200x700 px)" in text
+
+
+def test_plan_what_if_is_explicit(tmp_path, capsys):
+    profile = _profile_with_graph(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", str(profile), "--batch-size", "64"])
+    assert exit_info.value.code == 2
+    assert "at batch 32; planning for NVIDIA H100 80GB HBM3 (132 SMs) at batch 64 extrapolates" in (
+        capsys.readouterr().err
+    )
+    assert main(["plan", str(profile), "--batch-size", "64", "--device", "a100", "--what-if"]) == 0
+    out = capsys.readouterr().out
+    assert "Plan for NVIDIA A100-SXM4-80GB" in out
+    assert "what-if: planned for NVIDIA A100-SXM4-80GB at batch 64 from a profile of NVIDIA H100" in out
+
+
+def test_plan_needs_a_graph(tmp_path, capsys):
+    profile = _profile_with_graph(tmp_path, graph=False)
+    with pytest.raises(SystemExit):
+        main(["plan", str(profile), "--batch-size", "32"])
+    assert "holds no module graph; pass --graph GRAPH.json" in capsys.readouterr().err
+    graph = tmp_path / "graph.json"
+    from lightning_mosaic.graph import ModuleGraph
+
+    graph.write_text(ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_json())
+    assert main(["plan", str(profile), "--batch-size", "32", "--graph", str(graph)]) == 0

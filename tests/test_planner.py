@@ -1,11 +1,20 @@
-"""Plan: the temporal plan, validation, JSON round-trip, files."""
+"""Plans: the temporal plan, validation, JSON round-trip, files; the search (heuristic and exhaustive)."""
 
 from __future__ import annotations
 
-import pytest
+import random
+import runpy
+from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.planner import Phase, Plan, temporal_plan
+from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.planner import Phase, Plan, plan, temporal_plan
+from lightning_mosaic.simulator import lower_bound, simulate
 
 
 def graph() -> ModuleGraph:
@@ -102,3 +111,93 @@ def test_check_graph_names_the_mismatch():
         match=r"missing from the plan \['llm', 'audio', 'projector'\].*not in the graph \['text'\]",
     ):
         plan.check_graph(graph())
+
+
+# ---------------------------------------------------------------- the search: plan()
+
+BENCH = runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "planner_quality.py"))
+SMALL = DeviceSpec("small device", 16, 4, 10**12)
+
+
+def saturating(per_sample: dict[str, float]):
+    """Modules whose time stops improving beyond ``per_sample[m] * batch`` SMs."""
+
+    def time_fn(module, pass_, batch, quota):
+        return 1e-3 + 1e-2 * batch / min(quota, per_sample[module] * batch)
+
+    return time_fn
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(2, 5), st.sampled_from(["heuristic", "exhaustive"]))
+def test_plan_is_never_slower_than_temporal_nor_faster_than_the_bound(seed, modules, method):
+    graph, model = BENCH["random_instance"](random.Random(seed), modules, SMALL.sm_count)
+    result = plan(graph, model, SMALL, 8, method=method, max_micro_batches=4)
+    temporal = simulate(graph, model, temporal_plan(graph), 8).step_s
+    assert result.predicted_temporal_s == pytest.approx(temporal)
+    assert result.predicted_step_s <= temporal * (1 + 1e-12)
+    bound = lower_bound(graph, model, 8, result.micro_batches, SMALL.quotas())
+    assert result.predicted_step_s >= bound * (1 - 1e-9)
+    assert simulate(graph, model, result, 8).step_s == pytest.approx(result.predicted_step_s)
+    for phase in result.phases:  # co-running quotas fit the device, on its granularity
+        quotas = [q or SMALL.sm_count for q in phase.quotas.values()]
+        assert sum(quotas) <= SMALL.sm_count and all(q in SMALL.quotas() for q in quotas)
+
+
+def test_heuristic_is_close_to_exhaustive_on_a_sample():
+    result = BENCH["compare"](instances=25, sms=16, granularity=4, batch=8, seed=1)
+    assert result["share_within_2pct"] >= 0.95, result
+    assert result["share_within_5pct"] == 1.0, result
+
+
+def test_two_encoders_that_underuse_the_gpu_run_side_by_side():
+    graph = ModuleGraph.from_edges({"vision": [], "audio": [], "llm": ["vision", "audio"]})
+    model = PerfModel.from_function(
+        saturating({"vision": 0.5, "audio": 0.5, "llm": 8.0}), modules=["vision", "audio", "llm"], capacity=16
+    )
+    result = plan(graph, model, SMALL, 8, method="exhaustive")
+    assert not result.is_temporal and result.method == "exhaustive"
+    assert set(result.phases[0].quotas) == {"vision", "audio"}
+    assert sum(result.phases[0].quotas.values()) <= 16
+    assert result.speedup > 1.2
+    assert Plan.from_json(result.to_json()) == result
+    assert "exhaustive" in result.describe() and "x)" in result.describe()
+
+
+def test_no_gain_keeps_the_temporal_plan_and_says_why():
+    graph = ModuleGraph.from_edges({"a": [], "b": [], "c": ["a", "b"]})
+    perfect = PerfModel.from_function(lambda m, p, b, q: b / q, modules=["a", "b", "c"], capacity=16)
+    result = plan(graph, perfect, SMALL, 8)  # perfect scaling: nothing to win by sharing the GPU
+    assert result.is_temporal and result.method == "temporal"
+    assert result.predicted_step_s == result.predicted_temporal_s
+    assert "under 2%: temporal plan kept" in result.notes[0]
+
+
+def test_errors_carry_the_numbers():
+    graph = ModuleGraph.from_edges({"a": [], "b": ["a"]})
+    model = PerfModel.from_function(
+        lambda m, p, b, q: 1.0, lambda m, b: 10**9 * b, modules=["a", "b"], capacity=16
+    )
+    with pytest.raises(
+        ValueError, match=r"a batch of 6 samples cannot be split into 4 equal micro-batches \(6 % 4 = 2\)"
+    ):
+        plan(graph, model, SMALL, 6, micro_batches=4)
+    with pytest.raises(
+        ValueError, match=r"module 'a' needs 0.93 GiB of activations for 1 samples .* even alone"
+    ):
+        plan(
+            graph, model, DeviceSpec("tiny", 16, 4, 10**9), 8
+        )  # 1 GB, 1 GB per sample even at 8 micro-batches
+    each_fits = PerfModel.from_function(
+        lambda m, p, b, q: 1.0, lambda m, b: 3 * 10**8 * b, modules=["a", "b"], capacity=16
+    )
+    with pytest.raises(
+        ValueError, match=r"no plan keeps the predicted activations of a batch of 8 within 90%"
+    ):
+        plan(graph, each_fits, DeviceSpec("tiny", 16, 4, 4 * 10**9), 8)  # 2.4 GB each, 4.8 GB together
+    with pytest.raises(ValueError, match="method='best' is not one of"):
+        plan(graph, model, SMALL, 8, method="best")
+    with pytest.raises(ValueError, match="covers 16 SMs but NVIDIA H100 80GB HBM3 has 132"):
+        plan(graph, model, DeviceSpec.preset("h100"), 8)
+    with pytest.raises(ValueError, match=r"no data for modules \['b'\]"):
+        plan(graph, PerfModel.from_function(lambda *a: 1.0, modules=["a"], capacity=16), SMALL, 8)

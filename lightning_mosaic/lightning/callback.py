@@ -1,10 +1,11 @@
 """``MosaicProfiler``: profile a LightningModule's units during warmup, in any project.
 
 Add it to a Trainer (``callbacks=[MosaicProfiler()]``), with or without ``strategy="mosaic"``.
-After ``warmup_steps`` ordinary training steps it records every unit's inputs during one step,
-then, between that step and the next, replays each unit alone over the grid (``profiler.py``),
-saves the profile as JSON and fits a :class:`~lightning_mosaic.perfmodel.PerfModel`. Training
-numbers are unchanged: the replay restores RNG states, buffers and modes and never writes ``.grad``.
+After ``warmup_steps`` ordinary training steps it records every unit's inputs during one step
+(and traces the module graph in it, unless the strategy already has one), then, between that step
+and the next, replays each unit alone over the grid (``profiler.py``), saves the profile as JSON
+and fits a :class:`~lightning_mosaic.perfmodel.PerfModel`. Training numbers are unchanged: the
+replay restores RNG states, buffers and modes and never writes ``.grad``.
 
 A profile file whose fingerprint (units, parameter shapes and dtypes) and device match is reused
 instead of measuring again; one that does not match is replaced, with a warning; an unreadable
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_mosaic._logging import get_logger
+from lightning_mosaic.graph import Tracer
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.profile import Profile, fingerprint
 from lightning_mosaic.profiler import (
@@ -92,6 +94,7 @@ class MosaicProfiler(Callback):
         self.reused = False
         self.units: dict[str, nn.Module] = {}
         self._capture: InputCapture | None = None
+        self._tracer: Tracer | None = None
         self._batch_size = 0
         self._from_checkpoint: dict[str, Any] | None = None
 
@@ -135,6 +138,10 @@ class MosaicProfiler(Callback):
         self._batch_size = extract_batch_size(batch)
         self._capture = InputCapture(self.units)
         self._capture.start()
+        self._tracer = None
+        if getattr(trainer.strategy, "graph", None) is None:  # the mosaic strategy has traced one already
+            self._tracer = Tracer(self.units)
+            self._tracer.__enter__()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -144,6 +151,10 @@ class MosaicProfiler(Callback):
             return
         capture.stop()
         self._capture = None
+        graph = getattr(trainer.strategy, "graph", None)
+        if self._tracer is not None:
+            self._tracer.__exit__(None, None, None)
+            graph, self._tracer = self._tracer.graph(), None
         data = None
         if trainer.is_global_zero:
             engine = getattr(trainer.strategy, "engine", None)
@@ -153,6 +164,7 @@ class MosaicProfiler(Callback):
                     self.units, capture.captured, self._batch_size, calls=dict(capture.calls), **self.options
                 )
             assert self.path is not None
+            profile.graph = graph.to_dict() if graph is not None else None
             profile.save(self.path)
             log.info(f"{profile.describe()}\nprofile saved to {self.path}")
             data = profile.to_dict()
@@ -161,10 +173,21 @@ class MosaicProfiler(Callback):
         if trainer.is_global_zero and self.perf_model is not None:
             log.info(self.perf_model.describe())
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         if self._capture is not None:
             self._capture.stop()
             self._capture = None
+        if self._tracer is not None:
+            self._tracer.__exit__(None, None, None)
+            self._tracer = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop()
         if self.profile is None and self.units:
             log.warning(
                 f"training ended at step {trainer.global_step}, before the profile (warmup_steps="

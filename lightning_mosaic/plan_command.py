@@ -1,0 +1,130 @@
+"""``lightning-mosaic plan PROFILE.json --batch-size N``: plan from a profile, save it, draw it.
+
+Fits the performance model to the profile, plans for the profiled device (or, with ``--what-if``,
+for another device preset or batch size), prints the plan next to the temporal baseline, and
+writes the plan JSON (``--out``) and a Gantt chart of one simulated step (``--timeline``).
+
+A what-if on a device with more SMs than the profiled one cannot be measured from the profile:
+time beyond the profiled SM count is assumed to scale inversely with the quota (said in the plan's
+notes). The plan needs the module graph, which profiles made by ``MosaicProfiler`` carry; for other
+profiles pass ``--graph GRAPH.json`` (``ModuleGraph.to_json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from lightning_mosaic.devices import PRESETS, DeviceSpec
+from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.planner import METHODS, plan, temporal_plan
+from lightning_mosaic.profile import Profile, ProfileError
+
+
+def profiled_device(profile: Profile) -> DeviceSpec:
+    """The device a profile was measured on, as a DeviceSpec (a preset when the name matches one)."""
+    for spec in PRESETS.values():
+        if spec.name == profile.device and spec.sm_count == profile.capacity:
+            return spec
+    memory = DeviceSpec.from_current("cpu").memory_bytes if profile.device_type == "cpu" else 2**50
+    minimum, multiple = profile.granularity
+    return DeviceSpec(profile.device, profile.capacity, multiple, memory, minimum)
+
+
+def what_if_model(model: PerfModel, device: DeviceSpec) -> PerfModel:
+    """``model`` on ``device``'s SM count: quotas beyond the profiled count scale time as 1 / quota."""
+    cap = model.capacity
+
+    def time_fn(module: str, pass_: str, batch: float, quota: float) -> float:
+        if quota <= cap:
+            return model.predict(module, pass_, batch, quota)
+        return model.predict(module, pass_, batch, cap) * cap / quota
+
+    out = PerfModel.from_function(
+        time_fn, model.memory, modules=model.modules, capacity=device.sm_count, backward=model.backward
+    )
+    out.calls = dict(model.calls)
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lightning-mosaic plan",
+        description="Plan SM quotas, phases and micro-batches from a profile; save the plan and a timeline.",
+    )
+    parser.add_argument("profile", help="a profile JSON file written by MosaicProfiler")
+    parser.add_argument("--batch-size", type=int, required=True, help="samples per step to plan for")
+    parser.add_argument(
+        "--device", default=None, help=f"device preset ({', '.join(PRESETS)}); default: the profiled one"
+    )
+    parser.add_argument("--method", choices=METHODS, default="heuristic")
+    parser.add_argument("--micro-batches", type=int, default=None, help="fix the micro-batch count")
+    parser.add_argument("--graph", default=None, help="ModuleGraph JSON, for profiles without a graph")
+    parser.add_argument("--out", default=None, help="write the plan JSON here")
+    parser.add_argument("--timeline", default=None, help="write a PNG Gantt chart of one simulated step here")
+    parser.add_argument(
+        "--what-if", action="store_true", help="allow a device or batch size other than the profiled ones"
+    )
+    args = parser.parse_args(argv)
+    try:
+        profile = Profile.load(args.profile)
+    except ProfileError as err:
+        parser.exit(1, f"lightning-mosaic plan: {err}\n")
+    try:
+        device = DeviceSpec.preset(args.device) if args.device else profiled_device(profile)
+    except ValueError as err:
+        parser.error(str(err))
+    other_device = device.name != profile.device or device.sm_count != profile.capacity
+    other_batch = args.batch_size != profile.batch_size
+    if (other_device or other_batch) and not args.what_if:
+        parser.error(
+            f"the profile was measured on {profile.device} ({profile.capacity} SMs)"
+            f" at batch {profile.batch_size};"
+            f" planning for {device.name} ({device.sm_count} SMs) at batch {args.batch_size} extrapolates:"
+            " add --what-if to do it anyway"
+        )
+    if args.graph:
+        with open(args.graph) as f:
+            graph = ModuleGraph.from_json(f.read())
+    elif profile.graph is not None:
+        graph = ModuleGraph.from_dict(profile.graph)
+    else:
+        parser.error(f"{args.profile} holds no module graph; pass --graph GRAPH.json")
+    model = PerfModel().fit(profile)
+    if device.sm_count != model.capacity:
+        model = what_if_model(model, device)
+    try:
+        chosen = plan(
+            graph, model, device, args.batch_size, method=args.method, micro_batches=args.micro_batches
+        )
+    except ValueError as err:
+        parser.exit(1, f"lightning-mosaic plan: {err}\n")
+    if other_device or other_batch:
+        chosen.notes.append(
+            f"what-if: planned for {device.name} at batch {args.batch_size}"
+            f" from a profile of {profile.device} at batch {profile.batch_size}"
+            + (
+                "; time beyond the profiled SMs assumed to scale as 1/quota"
+                if device.sm_count > profile.capacity
+                else ""
+            )
+        )
+    print(device.describe())
+    print(chosen.describe())
+    if args.out:
+        chosen.save(args.out)
+        print(f"plan written to {args.out}")
+    if args.timeline:
+        from lightning_mosaic.simulator import simulate
+        from lightning_mosaic.viz import plot_timelines
+
+        baseline = simulate(graph, model, temporal_plan(graph), args.batch_size)
+        planned = simulate(graph, model, chosen, args.batch_size)
+        try:
+            width, height = plot_timelines(baseline, planned, args.timeline)
+        except ImportError as err:
+            parser.exit(1, f"lightning-mosaic plan: {err}\n")
+        print(f"timeline written to {os.fspath(args.timeline)} ({width}x{height} px)")
+    return 0
