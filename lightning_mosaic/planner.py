@@ -12,12 +12,16 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_mosaic._files import write_text
 from lightning_mosaic.graph import ModuleGraph
+
+if TYPE_CHECKING:
+    from lightning_mosaic.devices import DeviceSpec
+    from lightning_mosaic.perfmodel import PerfModel
 
 SCHEMA_VERSION = 1
 
@@ -212,8 +216,8 @@ MEMORY_HEADROOM = 0.9  # share of device memory the predicted activations may us
 
 def plan(
     graph: ModuleGraph,
-    perf_model: Any,
-    device: Any,
+    perf_model: PerfModel,
+    device: DeviceSpec,
     batch_size: int,
     method: str = "heuristic",
     micro_batches: int | None = None,
@@ -273,16 +277,17 @@ def plan(
             )
         return cache[key]
 
-    flat = [m for level in levels for m in level]
-    evaluate.alone = [  # type: ignore[attr-defined]
+    alone = [  # each unit's time alone on the whole device, in the order of the flat quota vector
         sum(perf_model.predict(m, p, batch_size, device.sm_count) for p in ("forward", "backward"))
-        for m in flat
+        for level in levels
+        for m in level
     ]
     best: tuple[float, int, tuple[int, ...]] | None = None
     for k in counts:
-        found = (_exhaustive if method == "exhaustive" else _local_search)(
-            levels, options, device, k, evaluate
-        )
+        if method == "exhaustive":
+            found = _exhaustive(levels, options, device, k, evaluate)
+        else:
+            found = _local_search(levels, options, device, k, evaluate, alone)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], k, found[1])
     base = temporal_plan(graph, "cpu")
@@ -408,7 +413,7 @@ def _exhaustive(levels, options, device, k, evaluate):
     return best
 
 
-def _local_search(levels, options, device, k, evaluate):
+def _local_search(levels, options, device, k, evaluate, alone):
     """Steepest descent from three starting splits; the best end point.
 
     Moves: one unit one or two granules up or down, or one granule from any unit to any other.
@@ -421,7 +426,6 @@ def _local_search(levels, options, device, k, evaluate):
         start = bounds[-1][1] if bounds else 0
         bounds.append((start, start + len(level)))
     size = bounds[-1][1]
-    full = evaluate.alone  # each unit's time alone on the whole device, flat
 
     def feasible(quotas: tuple[int, ...]) -> bool:
         return all(sum(quotas[a:b]) <= device.sm_count for a, b in bounds)
@@ -430,8 +434,8 @@ def _local_search(levels, options, device, k, evaluate):
         return max((q for q in options if q <= value), default=options[0])
 
     def proportional(a: int, b: int) -> list[int]:
-        total = sum(full[a:b]) or 1.0
-        return [snap(device.sm_count * full[i] / total) for i in range(a, b)]
+        total = sum(alone[a:b]) or 1.0
+        return [snap(device.sm_count * alone[i] / total) for i in range(a, b)]
 
     starts = [
         tuple(snap(device.sm_count / (b - a)) for a, b in bounds for _ in range(b - a)),
