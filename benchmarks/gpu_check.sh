@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run, sized for under 7 minutes on one H100/H200.
 # Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the
-# performance-model accuracy on a GPU profile of the demo model (and the profile itself), the
+# performance-model accuracy on a GPU profile of the demo model (and the profile itself), a plan
+# and its timeline from a quick GPU profile, the
 # engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked
 # tests, the engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
 #   bash benchmarks/gpu_check.sh                      # every section
 #   bash benchmarks/gpu_check.sh accuracy tests       # only these sections
-# Sections: environment accuracy engine tests overhead racecheck (environment always runs).
+# Sections: environment accuracy plan engine tests overhead racecheck (environment always runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SECTIONS=${*:-accuracy engine tests overhead racecheck}
+SECTIONS=${*:-accuracy plan engine tests overhead racecheck}
 wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 status=0
 
@@ -36,6 +37,14 @@ PY
 if wanted accuracy; then
     timeout 130 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \
         --max-seconds 60 --out "$OUT/perfmodel_accuracy.json" --profile-out "$OUT/profile.json" || status=1
+fi
+
+# A plan from a GPU profile of the demo model (small, quick): the profile carries the traced graph.
+if wanted plan; then
+    timeout 90 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size small --batch-size 32 \
+        --max-seconds 20 --out "$OUT/plan_profile_accuracy.json" --profile-out "$OUT/plan_profile.json" || status=1
+    timeout 60 python -m lightning_mosaic plan "$OUT/plan_profile.json" --batch-size 32 --out "$OUT/plan.json" \
+        --timeline "$OUT/plan.png" || status=1
 fi
 
 if wanted engine; then
