@@ -231,9 +231,8 @@ def plan(
     from ``device.quotas()`` (the whole device = ``None``), the quotas of a phase adding up to at
     most the device. ``micro_batches`` fixes the micro-batch count; by default the divisors of
     ``batch_size`` up to ``max_micro_batches`` are searched. ``method="heuristic"`` is a local
-    search from two starting splits (moves: one granule more or less for a unit, or one granule
-    from one unit of a phase to another); ``"exhaustive"`` simulates every split (the reference;
-    small instances only). The predicted activations must fit ``MEMORY_HEADROOM`` of the device's
+    search from three starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every
+    split (the reference; small instances only). The predicted activations must fit ``MEMORY_HEADROOM`` of the device's
     memory. When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the
     temporal plan is returned (with its predictions).
     """
@@ -253,9 +252,8 @@ def plan(
         raise ValueError(
             f"the performance model has no data for modules {missing}; it has {perf_model.modules}"
         )
-    perf_model = _Memo(
-        perf_model
-    )  # the search asks for the same few (unit, pass, batch, quota) times again and again
+    # The search asks for the same few (unit, pass, batch, quota) times again and again.
+    perf_model = _Memo(perf_model)
     counts = _micro_batch_counts(batch_size, micro_batches, max_micro_batches)
     budget = MEMORY_HEADROOM * device.memory_bytes
     counts = _fitting(graph, perf_model, device, batch_size, counts, budget)
