@@ -233,8 +233,8 @@ def plan(
     ``batch_size`` up to ``max_micro_batches`` are searched. ``method="heuristic"`` is a local
     search from three starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every
     split (the reference; small instances only). The predicted activations must fit
-    ``MEMORY_HEADROOM`` of the device's memory. When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the
-    temporal plan is returned (with its predictions).
+    ``MEMORY_HEADROOM`` of the device's memory. When the best plan is less than ``MIN_GAIN``
+    faster than the temporal plan, the temporal plan is returned (with its predictions).
     """
     from lightning_mosaic.simulator import _simulate, _tasks, simulate
 
