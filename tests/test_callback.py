@@ -90,11 +90,15 @@ def test_a_corrupt_profile_file_is_an_error_naming_it(tmp_path):
         fit([MosaicProfiler(**FAST)], tmp_path)
 
 
-def test_explicit_path_and_modules(tmp_path):
+@pytest.mark.parametrize("strategy", ["auto", "mosaic"])
+def test_explicit_path_and_modules(tmp_path, strategy):
     path = tmp_path / "nested" / "p.json"
     profiler = MosaicProfiler(modules=["audio", "llm"], path=path, **FAST)
-    fit([profiler], tmp_path)
-    assert Profile.load(path).module_names == ["audio", "llm"]
+    fit([profiler], tmp_path, strategy=strategy)
+    profile = Profile.load(path)
+    assert profile.module_names == ["audio", "llm"]
+    # the graph is over the profiled modules, even when the strategy traced one over all its units
+    assert ModuleGraph.from_dict(profile.graph).inputs == {"audio": [], "llm": ["audio"]}
 
 
 def test_the_profile_travels_in_checkpoints(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_mosaic._logging import get_logger
-from lightning_mosaic.graph import Tracer
+from lightning_mosaic.graph import ModuleGraph, Tracer
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.profile import Profile, fingerprint
 from lightning_mosaic.profiler import (
@@ -139,7 +139,7 @@ class MosaicProfiler(Callback):
         self._capture = InputCapture(self.units)
         self._capture.start()
         self._tracer = None
-        if getattr(trainer.strategy, "graph", None) is None:  # the mosaic strategy has traced one already
+        if self._strategy_graph(trainer) is None:
             self._tracer = Tracer(self.units)
             self._tracer.__enter__()
 
@@ -151,7 +151,7 @@ class MosaicProfiler(Callback):
             return
         capture.stop()
         self._capture = None
-        graph = getattr(trainer.strategy, "graph", None)
+        graph = self._strategy_graph(trainer)
         if self._tracer is not None:
             self._tracer.__exit__(None, None, None)
             graph, self._tracer = self._tracer.graph(), None
@@ -201,6 +201,13 @@ class MosaicProfiler(Callback):
         self._from_checkpoint = state_dict.get("profile")
 
     # ------------------------------------------------------------------ internals
+
+    def _strategy_graph(self, trainer: pl.Trainer) -> ModuleGraph | None:
+        """The graph the strategy traced (``strategy="mosaic"``), when it is over the same units."""
+        graph = getattr(trainer.strategy, "graph", None)
+        if isinstance(graph, ModuleGraph) and set(graph.modules) == set(self.units):
+            return graph
+        return None
 
     def _use(self, profile: Profile, reused: bool) -> None:
         self.profile, self.reused = profile, reused
