@@ -517,7 +517,7 @@ def profile_units(
         notes.append(f"stopped by max_seconds={max_seconds:g} after {done} of {len(points)} points")
     counts = calls or {}
     return Profile(
-        fingerprint=fingerprint({n: units[n] for n in names}),
+        fingerprint=fingerprint(units),  # every unit, called or not: what the callback compares
         device=device_label(device),
         device_type=device.type,
         quota_unit=runner.unit,

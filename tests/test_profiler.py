@@ -267,3 +267,18 @@ def test_gpu_profile_uses_green_context_quotas():
         smallest = min(full)
         assert full[smallest] > 2 * full[profile.capacity], full  # a few SMs are much slower than all of them
         assert all(g["granted"] % profile.granularity[1] == 0 for g in profile.grants)
+
+
+def test_a_unit_not_called_is_not_profiled_but_fingerprinted(caplog):
+    from lightning_mosaic.profile import fingerprint
+
+    used, unused = nn.Linear(4, 4), nn.Linear(4, 4)
+    with InputCapture({"used": used, "unused": unused}) as capture:
+        used(torch.randn(2, 4))
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        profile = profile_units(
+            {"used": used, "unused": unused}, capture.captured, 2, quotas=[1], repeats=1, progress=False
+        )
+    assert "modules ['unused'] were not called in the captured step" in caplog.text
+    assert profile.module_names == ["used"]
+    assert profile.fingerprint == fingerprint({"used": used, "unused": unused})  # reusable by the same run
