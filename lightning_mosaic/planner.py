@@ -236,21 +236,15 @@ def plan(
     ``MEMORY_HEADROOM`` of the device's memory. When the best plan is less than ``MIN_GAIN``
     faster than the temporal plan, the temporal plan is returned (with its predictions).
     """
-    from lightning_mosaic.simulator import _simulate, _tasks, simulate
+    from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
 
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive whole number of samples")
+    check_inputs(graph, perf_model, batch_size)
     if perf_model.capacity != device.sm_count:
         raise ValueError(
             f"the performance model covers {perf_model.capacity} SMs but {device.name} has {device.sm_count};"
             " plan for the device the model was fitted on, or wrap the model for a what-if"
-        )
-    missing = [m for m in graph.modules if m not in perf_model.modules]
-    if missing:
-        raise ValueError(
-            f"the performance model has no data for modules {missing}; it has {perf_model.modules}"
         )
     # The search asks for the same few (unit, pass, batch, quota) times again and again.
     perf_model = _Memo(perf_model)

@@ -201,8 +201,7 @@ class _Quotas:
         self.notes: list[str] = []
         self.grants: list[dict[str, int]] = []
         self.api_text: str | None = None
-        self._streams: dict[int, Any] = {}
-        self._contexts: list[Any] = []
+        self._streams: dict[int, Any] = {}  # their green contexts live for the process (engine/green.py)
         if device.type == "cuda":
             props = torch.cuda.get_device_properties(device)
             self.unit, self.capacity = "sm", props.multi_processor_count
@@ -247,12 +246,11 @@ class _Quotas:
                 granted[want] = self.capacity
                 continue
             try:
-                streams, contexts, _ = green.make_streams(api, {"q": g}, self.device)
+                streams, _, _ = green.make_streams(api, {"q": g}, self.device)
             except Exception as err:  # a driver without green-context support
                 log.warning(f"green context of {g.granted} SMs could not be created ({err}); point skipped")
                 self.notes.append(f"green context of {g.granted} SMs failed: {err}")
                 continue
-            self._contexts.extend(contexts)
             self._streams[g.granted] = streams["q"]
             granted[want] = g.granted
             self.grants.append({"requested": want, "granted": g.granted})
@@ -340,6 +338,12 @@ class _Replay:
             ]
         return self._grads[batch]
 
+    def backward_pass(self, batch: int, outs: list[torch.Tensor]) -> None:
+        """Gradients of ``outs`` w.r.t. the trainable parameters and grad-requiring inputs (not stored)."""
+        if self.backward and outs:
+            _, _, leaves = self.inputs(batch)
+            torch.autograd.grad(outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True)
+
     def run(self, batch: int, clock: _Clock, times: int) -> list[tuple[float, float]]:
         """``times`` forward (+ backward) runs; (forward, backward) seconds of each."""
         marks = []
@@ -348,11 +352,7 @@ class _Replay:
                 a = clock.mark()
                 outs = self.forward(batch)
                 b = clock.mark()
-                if self.backward and outs:
-                    _, _, leaves = self.inputs(batch)
-                    torch.autograd.grad(
-                        outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True
-                    )
+                self.backward_pass(batch, outs)
                 c = clock.mark()
                 del outs
                 marks.append((a, b, c))
@@ -379,10 +379,7 @@ class _Replay:
             outs = self.forward(batch)
             if not outs:
                 self.backward = False  # nothing to differentiate: the outputs do not require grad
-            grads = self.grad_outputs(batch, outs)
-            if self.backward:
-                _, _, leaves = self.inputs(batch)
-                torch.autograd.grad(outs, self.params + leaves, grads, allow_unused=True)
+            self.backward_pass(batch, outs)
             del outs
         peak = None
         if cuda:

@@ -132,8 +132,8 @@ def _tasks(graph: ModuleGraph, perf_model: PerfModel, micro_batches: int) -> _Ta
     return _Tasks(keys, deps)
 
 
-def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int) -> None:
-    plan.check_graph(graph)
+def check_inputs(graph: ModuleGraph, perf_model: PerfModel, batch_size: int) -> None:
+    """``ValueError`` unless ``perf_model`` knows every unit of ``graph`` and ``batch_size`` is positive."""
     missing = [m for m in graph.modules if m not in perf_model.modules]
     if missing:
         raise ValueError(
@@ -141,6 +141,11 @@ def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: in
         )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive whole number of samples")
+
+
+def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int) -> None:
+    plan.check_graph(graph)
+    check_inputs(graph, perf_model, batch_size)
     too_big = {
         m: q for phase in plan.phases for m, q in phase.quotas.items() if q and q > perf_model.capacity
     }
