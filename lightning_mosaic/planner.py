@@ -429,11 +429,24 @@ def _local_search(levels, options, device, k, evaluate, alone):
         total = sum(alone[a:b]) or 1.0
         return [snap(device.sm_count * alone[i] / total) for i in range(a, b)]
 
+    def repaired(quotas: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``quotas`` with the largest quota of an over-full phase lowered until every phase fits."""
+        quotas = list(quotas)
+        for a, b in bounds:
+            while sum(quotas[a:b]) > device.sm_count:
+                largest = max(range(a, b), key=lambda i: quotas[i])
+                if index[quotas[largest]] == 0:
+                    return None  # the phase has more units than the device has smallest quotas
+                quotas[largest] = options[index[quotas[largest]] - 1]
+        return tuple(quotas)
+
     starts = [
         tuple(snap(device.sm_count / (b - a)) for a, b in bounds for _ in range(b - a)),
         tuple(snap(device.sm_count / (b - a) / 2) for a, b in bounds for _ in range(b - a)),
         tuple(q for a, b in bounds for q in proportional(a, b)),
     ]
+    # Snapping up to the smallest quota can overfill a phase of small units: repair, never start infeasible.
+    starts = [fixed for start in starts if (fixed := repaired(start)) is not None]
     best = None
     for start in dict.fromkeys(starts):
         current, step = start, evaluate(k, start)[0]
