@@ -135,7 +135,11 @@ def numerics(backend_name: str) -> dict:
         trainer.fit(model, DemoDataModule("small", batch_size=8, num_samples=80))
         return {k: v.detach().clone() for k, v in model.named_parameters()}
 
-    plain, again, mosaic = fit("auto"), fit("auto"), fit(MosaicStrategy(backend=backend_name))
+    plain, again, mosaic = (
+        fit("auto"),
+        fit("auto"),
+        fit(MosaicStrategy(backend=backend_name, plan="concurrent")),
+    )
     diff = max((plain[k] - mosaic[k]).abs().max().item() for k in plain)
     reference = max((plain[k] - again[k]).abs().max().item() for k in plain)
     close = all(torch.allclose(plain[k], mosaic[k], rtol=1e-5, atol=1e-6) for k in plain)

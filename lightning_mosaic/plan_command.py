@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from lightning_mosaic.devices import PRESETS, DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.planner import METHODS, plan, temporal_plan
+from lightning_mosaic.planner import METHODS, plan
 from lightning_mosaic.profile import Profile, ProfileError
 
 
@@ -117,13 +117,10 @@ def main(argv: Sequence[str]) -> int:
         chosen.save(args.out)
         print(f"plan written to {args.out}")
     if args.timeline:
-        from lightning_mosaic.simulator import simulate
-        from lightning_mosaic.viz import plot_timelines
+        from lightning_mosaic.viz import draw_plan
 
-        baseline = simulate(graph, model, temporal_plan(graph), args.batch_size)
-        planned = simulate(graph, model, chosen, args.batch_size)
         try:
-            width, height = plot_timelines(baseline, planned, args.timeline)
+            width, height = draw_plan(graph, model, chosen, args.batch_size, args.timeline)
         except ImportError as err:
             parser.exit(1, f"lightning-mosaic plan: {err}\n")
         print(f"timeline written to {os.fspath(args.timeline)} ({width}x{height} px)")

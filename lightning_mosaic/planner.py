@@ -84,6 +84,13 @@ class Plan:
         )
 
     @property
+    def sequential(self) -> bool:
+        """True for the temporal plan (split into micro-batches or not): units inline, one after another."""
+        return self.method == "temporal" and all(
+            len(p.quotas) == 1 and None in p.quotas.values() for p in self.phases
+        )
+
+    @property
     def speedup(self) -> float | None:
         """Predicted temporal step time over predicted step time, when both are known."""
         if self.predicted_step_s and self.predicted_temporal_s:

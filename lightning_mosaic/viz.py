@@ -51,6 +51,17 @@ def plot_timelines(
     return round(size[0] * dpi), round(size[1] * dpi)
 
 
+def draw_plan(
+    graph: Any, perf_model: Any, plan: Any, batch_size: int, path: str | os.PathLike
+) -> tuple[int, int]:
+    """Simulate one step of the temporal plan and of ``plan`` and draw both to ``path`` (a PNG)."""
+    from lightning_mosaic.planner import temporal_plan
+    from lightning_mosaic.simulator import simulate
+
+    baseline = simulate(graph, perf_model, temporal_plan(graph), batch_size)
+    return plot_timelines(baseline, simulate(graph, perf_model, plan, batch_size), path)
+
+
 def _draw(ax: Any, timeline: Timeline) -> None:
     """One lane per unit, stacked, each as tall as its quota's share of the device."""
     bottom = 0.0

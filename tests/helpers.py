@@ -68,7 +68,7 @@ def assert_trained(before: dict[str, Tensor], model: nn.Module) -> None:
 class TinyHFMultimodal(L.LightningModule):
     """CLIPVisionModel (frozen) + WhisperEncoder + projectors + Qwen2ForCausalLM fed through inputs_embeds."""
 
-    def __init__(self, freeze_vision: bool = True, lr: float = 1e-3) -> None:
+    def __init__(self, freeze_vision: bool = True, lr: float = 1e-3, optimizer: str = "adamw") -> None:
         super().__init__()
         from transformers import (
             CLIPVisionConfig,
@@ -79,7 +79,7 @@ class TinyHFMultimodal(L.LightningModule):
         )
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-        self.lr = lr
+        self.lr, self.optimizer = lr, optimizer
         self.vision = CLIPVisionModel(
             CLIPVisionConfig(
                 hidden_size=32,
@@ -137,7 +137,10 @@ class TinyHFMultimodal(L.LightningModule):
         self.log("val_loss", self(**batch).loss)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=self.lr)
+        trainable = (p for p in self.parameters() if p.requires_grad)
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(trainable, lr=self.lr)
+        return torch.optim.AdamW(trainable, lr=self.lr)
 
 
 class HFSynthetic(Dataset):
@@ -185,8 +188,13 @@ class RecordRank(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         graph = getattr(trainer.strategy, "graph", None)
+        plan = getattr(trainer.strategy, "plan", None)
         torch.save(
-            {"params": parameters(pl_module), "graph": graph.to_dict() if graph is not None else None},
+            {
+                "params": parameters(pl_module),
+                "graph": graph.to_dict() if graph is not None else None,
+                "plan": plan.to_dict() if plan is not None else None,
+            },
             f"{self.directory}/rank{trainer.global_rank}.pt",
         )
 

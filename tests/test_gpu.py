@@ -66,7 +66,7 @@ def test_two_gpus_match_ddp():
 @pytest.mark.parametrize("backend", ["streams", "green_context"])
 def test_each_gpu_backend_allclose_to_plain_lightning(backend):
     _, plain = _fit(demo_model(), "auto", demo_data())
-    t, mosaic = _fit(demo_model(), MosaicStrategy(backend=backend), demo_data())
+    t, mosaic = _fit(demo_model(), MosaicStrategy(backend=backend, plan="concurrent"), demo_data())
     assert t.strategy.engine.backend.concurrent
     _assert_close(plain, mosaic, rtol=1e-5, atol=1e-6)
 

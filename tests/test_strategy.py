@@ -433,7 +433,7 @@ def test_recording_backend_trains_bitwise_equal_and_race_free(make):
     _, plain = _fit_params(model_fn(), "auto", data_fn())
     backend = RecordingBackend()
     model = model_fn()
-    t = trainer(MosaicStrategy(backend=backend), limit_val_batches=2, val_check_interval=5)
+    t = trainer(MosaicStrategy(backend=backend, plan="concurrent"), limit_val_batches=2, val_check_interval=5)
     with backend.recording():
         t.fit(model, data_fn())
     assert_bitwise_equal(plain, parameters(model))
@@ -462,7 +462,7 @@ def test_a_unit_returning_the_loss_hands_lightning_a_plain_tensor():
 
     L.seed_everything(0)
     model = LossFromUnit()
-    t = trainer(MosaicStrategy(backend=RecordingBackend()), max_steps=2)
+    t = trainer(MosaicStrategy(backend=RecordingBackend(), plan="concurrent"), max_steps=2)
     seen = []
 
     class Spy(L.Callback):

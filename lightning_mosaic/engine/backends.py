@@ -43,8 +43,18 @@ class Backend:
         self.grants: dict[str, Grant] = {}
         self.notes: list[str] = []
 
-    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
-        """Prepare a stream for every unit, under its quota where this backend enforces quotas."""
+    def setup(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        """Prepare a stream for every unit, under its quota where this backend enforces quotas.
+
+        ``groups`` lists the units that run at the same time (a plan's phases; default: all):
+        their partitions must fit the device together and not overlap.
+        """
 
     def stream(self, unit: str) -> Any:
         return self.streams[unit]
@@ -90,7 +100,13 @@ class InlineBackend(Backend):
 
     name = "none"
 
-    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+    def setup(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> None:
         given = {u: q for u, q in quotas.items() if q is not None}
         if given:
             warn_once(
@@ -107,11 +123,23 @@ class CudaStreamBackend(Backend):
     summary = "one CUDA stream per unit, no SM quotas"
     concurrent = True
 
-    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+    def setup(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> None:
         self.device = device
-        self.streams = self._streams(units, quotas, device)
+        self.streams = self._streams(units, quotas, device, groups)
 
-    def _streams(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> dict:
+    def _streams(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> dict:
         if any(q is not None for q in quotas.values()):
             warn_once(
                 log,
@@ -159,14 +187,20 @@ class GreenContextBackend(CudaStreamBackend):
         self.api = api
         self.contexts: list[Any] = []
 
-    def _streams(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> dict:
+    def _streams(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> dict:
         props = torch.cuda.get_device_properties(device)
         minimum, multiple = green.granularity((props.major, props.minor))
         self.grants = green.grant(
-            {u: quotas.get(u) for u in units}, props.multi_processor_count, minimum, multiple
+            {u: quotas.get(u) for u in units}, props.multi_processor_count, minimum, multiple, groups
         )
         try:
-            streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device)
+            streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device, groups)
         except Exception as err:  # a driver or build without green-context support
             warn_once(
                 log,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,11 +66,13 @@ class Engine:
         backend: Backend | None = None,
         quotas: Mapping[str, int | None] | None = None,
         device: torch.device | None = None,
+        groups: Sequence[Sequence[str]] | None = None,
     ) -> None:
         """Hook every unit in ``modules`` (name -> module) and give it a stream of ``backend``.
 
-        ``quotas`` (unit -> SMs) go to the backend; ``device`` is where the units live.
-        Attaching twice is an error.
+        ``quotas`` (unit -> SMs) go to the backend; ``device`` is where the units live; ``groups``
+        lists the units that run at the same time (a plan's phases), whose partitions must not
+        overlap. Attaching twice is an error.
         """
         if self._handles:
             raise RuntimeError(f"engine is already attached to {list(self.modules)}; call detach() first")
@@ -78,7 +80,9 @@ class Engine:
             self.backend = backend
         self.modules = dict(modules)
         self.calls.clear()
-        self.backend.setup(list(self.modules), dict(quotas or {}), device or torch.device("cpu"))
+        self.backend.setup(
+            list(self.modules), dict(quotas or {}), device or torch.device("cpu"), groups=groups
+        )
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
             self._handles.append(

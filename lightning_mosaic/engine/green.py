@@ -86,15 +86,20 @@ class Grant:
 
 
 def grant(
-    requested: Mapping[str, int | None], sm_count: int, minimum: int, multiple: int
+    requested: Mapping[str, int | None],
+    sm_count: int,
+    minimum: int,
+    multiple: int,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Grant]:
     """Round each request to the hardware granularity and make co-running requests fit together.
 
     A request rounds to the nearest multiple (ties up), at least ``minimum``; one at or above the
     largest partition the device can hold (``sm_count`` rounded down to ``multiple``) runs on the
-    whole device. When the rounded requests add up to more than the device, the largest ones give
-    back one multiple at a time until they fit (never below ``minimum``); if that cannot make them
-    fit, each keeps its rounded size and the partitions overlap.
+    whole device. ``groups`` lists the units that run at the same time (a plan's phases; default:
+    all of them); when the rounded requests of a group add up to more than the device, its largest
+    ones give back one multiple at a time until they fit (never below ``minimum``); if that cannot
+    make them fit, each keeps its rounded size and the partitions overlap.
     """
     largest = (sm_count // multiple) * multiple
     out: dict[str, int] = {}
@@ -104,11 +109,13 @@ def grant(
         rounded = max(minimum, multiple * math.floor(want / multiple + 0.5))
         if rounded < largest:
             out[name] = rounded
-    while sum(out.values()) > sm_count:
-        name = max(out, key=lambda n: out[n])
-        if out[name] - multiple < minimum:
-            break
-        out[name] -= multiple
+    for group in groups if groups is not None else [list(requested)]:
+        members = [name for name in group if name in out]
+        while sum(out[n] for n in members) > sm_count:
+            name = max(members, key=lambda n: out[n])
+            if out[name] - multiple < minimum:
+                break
+            out[name] -= multiple
     return {
         name: Grant(want, out[name], True) if name in out else Grant(want, sm_count, False)
         for name, want in requested.items()
@@ -116,40 +123,51 @@ def grant(
 
 
 def make_streams(
-    api: GreenContextAPI, grants: dict[str, Grant], device: torch.device
+    api: GreenContextAPI,
+    grants: dict[str, Grant],
+    device: torch.device,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], list[Any], list[str]]:
     """A stream per partitioned unit, inside a green context of its granted size.
 
-    Returns the streams, the contexts and notes for the log. Contexts live as long as the process
+    Returns the streams, the contexts and notes for the log. ``groups`` lists the units that run
+    at the same time (a plan's phases; default: all of them). Contexts live as long as the process
     (see ``_CONTEXTS``): one per SM count is created and shared by every later request. With
-    ``SMPartition.split`` the partitions are carved in one split and are disjoint, and
-    ``grants`` is updated with the SM counts CUDA reports; otherwise each context is created on its
-    own and the driver may overlap them.
+    ``SMPartition.split`` the partitions of each group are carved in one split, so they are
+    disjoint, and ``grants`` is updated with the SM counts CUDA reports; otherwise each context is
+    created on its own and the driver may overlap them.
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     names = [name for name, g in grants.items() if g.partitioned]
     notes: list[str] = []
     contexts: dict[str, Any] = {}
-    if names and api.has_split and sum(grants[n].granted for n in names) <= _device_sms(index):
+    if groups is None:
+        groups = [names]
+    members = [[n for n in group if n in names] for group in groups]
+    members = [group for group in members if group]
+    if api.has_split and all(sum(grants[n].granted for n in g) <= _device_sms(index) for g in members):
         try:
-            whole = api.module.SMPartition.from_device(device_id=index)
-            parts, _rest = whole.split(num_sms=[grants[n].granted for n in names])
-            for name, part in zip(names, parts, strict=True):
+            carved = []
+            for group in members:
+                whole = api.module.SMPartition.from_device(device_id=index)
+                parts, _rest = whole.split(num_sms=[grants[n].granted for n in group])
+                carved.extend(zip(group, parts, strict=True))
+            for name, part in carved:
                 contexts[name] = api.module.GreenContext(sm_partition=part)
             _KEPT.extend(contexts.values())
         except Exception as err:  # e.g. a driver older than the split API needs
             contexts.clear()
             notes.append(f"SMPartition.split failed ({err}); creating the contexts one by one")
         else:
-            for name, part in zip(names, parts, strict=True):
+            for name, part in carved:
                 reported = getattr(part, "sm_count", None)
                 if isinstance(reported, int):
                     grants[name] = Grant(grants[name].requested, reported, True)
-            notes.append(f"disjoint SM partitions from one split: {', '.join(names)}")
+            notes.extend(f"disjoint SM partitions from one split: {', '.join(group)}" for group in members)
     if not contexts:
         for name in names:
             contexts[name] = _context(api, index, grants[name].granted)
-        if len(names) > 1:
+        if any(len(group) > 1 for group in members):
             notes.append(
                 "green contexts created one by one (no SMPartition.split in this torch, or the quotas exceed"
                 " the device): the driver may place them on overlapping SMs"

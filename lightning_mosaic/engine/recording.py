@@ -80,7 +80,13 @@ class RecordingBackend(Backend):
 
     # ---------------------------------------------------------------- the Backend interface
 
-    def setup(self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device) -> None:
+    def setup(
+        self,
+        units: Sequence[str],
+        quotas: Mapping[str, int | None],
+        device: torch.device,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> None:
         self.streams = {u: FakeStream(u, quotas.get(u)) for u in units}
         self.grants = {u: Grant(quotas.get(u), quotas.get(u) or 0, quotas.get(u) is not None) for u in units}
 

@@ -135,7 +135,9 @@ class MosaicProfiler(Callback):
             return
         if trainer.global_step < self.warmup_steps:
             return
-        self._batch_size = extract_batch_size(batch)
+        # Under a plan with micro-batches the units see the first (largest) micro-batch.
+        split = getattr(trainer.strategy, "active_micro_batches", 1)
+        self._batch_size = -(-extract_batch_size(batch) // split)
         self._capture = InputCapture(self.units)
         self._capture.start()
         self._tracer = None

@@ -5,11 +5,19 @@ One process per device. With one device in total it behaves like Lightning's
 match plain Lightning exactly; with more it behaves like Lightning's ``DDPStrategy`` (gradients
 all-reduced by ``DistributedDataParallel``, gloo on CPU, NCCL on GPU, launched by Lightning's
 launchers and cluster environments). On top of either it selects the units, hooks them into the
-engine, traces the module graph from the first step and keeps the plan in use.
+engine, traces the module graph from the first step and runs the plan.
+
+With ``plan="auto"`` (the default) a ``fit`` goes: warmup steps run plain (units inline) while a
+:class:`~lightning_mosaic.lightning.callback.MosaicProfiler` captures and profiles each unit
+(or reuses a matching profile), the performance model is fitted, the planner picks SM quotas,
+phases and micro-batches, and the plan is applied from the next step on. Global rank 0 profiles
+and plans; every rank applies the plan it broadcasts. The plan goes into checkpoints, so a resumed
+run applies it again without profiling.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import timedelta
@@ -42,12 +50,17 @@ from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lightning_mosaic._files import write_text
 from lightning_mosaic._logging import get_logger, warn_once
+from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.engine import Backend, Engine, make_backend
 from lightning_mosaic.engine.backends import check_backend
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph, trace
+from lightning_mosaic.lightning.callback import PROFILE_FILE, MosaicProfiler
+from lightning_mosaic.lightning.microsteps import run_micro_steps
 from lightning_mosaic.planner import Plan, concurrent_plan, device_name, temporal_plan
+from lightning_mosaic.planner import plan as search_plan
 from lightning_mosaic.selection import check_names, select_modules
 
 if TYPE_CHECKING:
@@ -56,6 +69,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 T = TypeVar("T")
 START_METHODS = ("popen", "spawn", "fork", "forkserver")
+PLANS = ("auto", "temporal", "concurrent")
+PLAN_FILE = "mosaic_plan.json"
+TIMELINE_FILE = "mosaic_plan.png"
+CHECKPOINT_KEY = "mosaic_plan"
 
 
 class MosaicStrategy(ParallelStrategy):
@@ -66,12 +83,26 @@ class MosaicStrategy(ParallelStrategy):
             ``["model.vision_tower", "model.language_model"]``). ``None`` picks the LightningModule's
             children that own parameters (descending through a single wrapper child such as
             ``self.model``).
-        backend: where units run: ``"auto"`` (green contexts on a GPU whose torch offers them, else
-            plain CUDA streams, else inline), ``"green_context"``, ``"streams"``, ``"cpu"``,
-            ``"none"`` (inline), or a :class:`~lightning_mosaic.engine.Backend` instance.
-        quotas: SMs per unit on a GPU, e.g. ``{"vision": 32, "audio": 16, "llm": 84}``; units not
-            listed use the whole GPU. Counts round to the hardware granularity (logged as requested
-            vs granted).
+        plan: ``"auto"`` (profile during warmup, then plan; see the module docstring),
+            ``"temporal"`` (every unit inline, one after another, as plain Lightning),
+            ``"concurrent"`` (every unit on its own stream from the first step, under ``quotas``
+            where given, no profiling), a :class:`~lightning_mosaic.planner.Plan`, or the path of a
+            plan JSON file (``lightning-mosaic plan --out``).
+        micro_batches: ``"auto"`` (the plan's count) or a number of micro-batches per training
+            step, which overrides the plan's (also with ``plan="temporal"``).
+        backend: where units run when the plan puts them side by side: ``"auto"`` (green contexts
+            on a GPU whose torch offers them, else plain CUDA streams, else inline),
+            ``"green_context"``, ``"streams"``, ``"cpu"`` (inline, profiled and planned with
+            thread quotas: a rehearsal of the GPU pipeline), ``"none"`` (inline), or a
+            :class:`~lightning_mosaic.engine.Backend` instance.
+        quotas: SMs per unit on a GPU, e.g. ``{"vision": 32, "audio": 16, "llm": 84}``, for
+            ``plan="concurrent"`` (implied when quotas are given); units not listed use the whole
+            GPU. Counts round to the hardware granularity (logged as requested vs granted).
+        profile: the profile file of ``plan="auto"`` (default ``<default_root_dir>/mosaic_profile.json``;
+            a matching one is reused). A ``MosaicProfiler`` among the Trainer's callbacks is used
+            instead of the strategy's own, with its settings.
+        warmup_steps: plain steps before the profiled one (``plan="auto"``).
+        profile_seconds: time budget of the profile (``plan="auto"``).
         start_method: how processes start when there are several devices: ``"popen"`` (re-run the
             script, like ``strategy="ddp"``), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
         process_group_backend: ``torch.distributed`` backend; default gloo on CPU, NCCL on GPU.
@@ -80,7 +111,9 @@ class MosaicStrategy(ParallelStrategy):
             (``find_unused_parameters``, ``static_graph``, ...).
 
     After the first step, ``graph`` holds the traced :class:`~lightning_mosaic.graph.ModuleGraph`
-    and ``plan`` the :class:`~lightning_mosaic.planner.Plan` in use; ``engine`` routes the calls.
+    and ``plan`` the :class:`~lightning_mosaic.planner.Plan` in use (``planned`` tells whether it
+    is final, i.e. no longer the provisional temporal plan of the warmup); ``engine`` routes the
+    calls; ``profiler`` is the profiler of ``plan="auto"``.
     """
 
     strategy_name = "mosaic"
@@ -88,8 +121,13 @@ class MosaicStrategy(ParallelStrategy):
     def __init__(
         self,
         modules: Sequence[str] | None = None,
+        plan: str | os.PathLike | Plan = "auto",
+        micro_batches: int | str = "auto",
         backend: str | Backend = "auto",
         quotas: dict[str, int] | None = None,
+        profile: str | os.PathLike | None = None,
+        warmup_steps: int = 3,
+        profile_seconds: float = 60.0,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -112,6 +150,14 @@ class MosaicStrategy(ParallelStrategy):
         self.module_names = check_names(modules)
         self.backend = check_backend(backend)
         self.quotas = check_quotas(quotas)
+        self.plan_source = _check_plan(plan, bool(self.quotas))
+        self.micro_batches = _check_micro_batches(micro_batches)
+        self._profiler_options = dict(
+            path=os.fspath(profile) if profile is not None else None,
+            warmup_steps=warmup_steps,
+            max_seconds=profile_seconds,
+        )
+        MosaicProfiler(modules, **self._profiler_options)  # checks the options now, not at fit time
         self._start_method = start_method
         self._process_group_backend = process_group_backend
         self._timeout = timeout
@@ -123,7 +169,12 @@ class MosaicStrategy(ParallelStrategy):
         self.units: dict[str, nn.Module] = {}
         self.graph: ModuleGraph | None = None
         self.plan: Plan | None = None
+        self.planned = False
+        self.profiler: MosaicProfiler | None = None
         self._units_key: list[tuple[str, int]] = []
+        self._checkpoint_plan: dict[str, Any] | None = None
+        self._announced: Plan | None = None
+        self._own_profiler = False
 
     # ------------------------------------------------------------------ placement and processes
 
@@ -177,6 +228,7 @@ class MosaicStrategy(ParallelStrategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
+        self._install_profiler()
         if self.is_distributed:
             reset_seed()
             self.set_world_ranks()
@@ -249,6 +301,18 @@ class MosaicStrategy(ParallelStrategy):
     def model_to_device(self) -> None:
         assert self.model is not None
         self.model.to(self.root_device)
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        if self.plan is not None and self.planned:
+            checkpoint[CHECKPOINT_KEY] = self.plan.to_dict()
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        self._checkpoint_plan = checkpoint.get(CHECKPOINT_KEY)
+        return checkpoint
 
     def barrier(self, *args: Any, **kwargs: Any) -> None:
         if not _distributed_is_initialized():
@@ -332,6 +396,49 @@ class MosaicStrategy(ParallelStrategy):
 
     # ------------------------------------------------------------------ units, graph and plan
 
+    @property
+    def active_micro_batches(self) -> int:
+        """Micro-batches per training step right now (1 while the plan of ``plan="auto"`` is pending)."""
+        if isinstance(self.micro_batches, int) and (self.planned or self.plan_source != "auto"):
+            return self.micro_batches  # given: from the first step on, unless a profile is pending
+        return self.plan.micro_batches if self.planned and self.plan is not None else 1
+
+    def _can_overlap(self) -> str | None:
+        """Why units cannot run side by side under ``backend`` here (None when they can)."""
+        backend = self.backend
+        if isinstance(backend, Backend):
+            from lightning_mosaic.engine.cpu import CpuThreadBackend
+
+            ok = backend.concurrent or isinstance(backend, CpuThreadBackend)
+            return None if ok else f"backend {backend.name!r} runs the units inline"
+        if backend == "cpu":
+            return None  # inline, but profiled and planned with thread quotas: a rehearsal
+        if backend == "none":
+            return "backend 'none' runs the units inline"
+        if self.root_device.type != "cuda":
+            return (
+                f"the units run inline on {self.root_device} (backend={backend!r} needs a GPU to run them"
+                " side by side; backend='cpu' rehearses profiling and planning with thread quotas)"
+            )
+        return None
+
+    def _install_profiler(self) -> None:
+        """``plan="auto"`` while fitting: use the Trainer's ``MosaicProfiler``, or add the strategy's own."""
+        self.profiler, self._own_profiler = None, False
+        module = self.lightning_module
+        trainer = getattr(module, "_trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.plan_source != "auto":
+            return
+        if self._can_overlap() is not None:
+            return  # the plan will be temporal: nothing to profile for
+        for callback in trainer.callbacks:
+            if isinstance(callback, MosaicProfiler):
+                self.profiler = callback
+                return
+        self.profiler = MosaicProfiler(self.module_names, **self._profiler_options)
+        self._own_profiler = True
+        trainer.callbacks.append(self.profiler)
+
     def _attach(self) -> None:
         lightning_module = self.lightning_module
         assert lightning_module is not None
@@ -346,15 +453,60 @@ class MosaicStrategy(ParallelStrategy):
             return
         key = [(name, id(module)) for name, module in self.units.items()]
         if key != self._units_key:
-            self.graph, self.plan = None, None  # another model or another selection: trace again
+            self.graph, self.plan, self.planned = None, None, False  # another model or selection
             self._units_key = key
+        restored, self._checkpoint_plan = self._checkpoint_plan, None
+        if restored is not None:
+            self._restore(Plan.from_dict(restored))
+        elif isinstance(self.plan_source, Plan) and not self.planned:
+            self.plan, self.planned = self.plan_source, True
+        if self.planned and self.plan is not None:
+            _check_plan_units(self.plan, list(self.units))
+        self._engage()
+
+    def _restore(self, plan: Plan) -> None:
+        """Apply the plan a checkpoint holds (unless it was made for another device)."""
+        here = device_name(self.root_device)
+        if plan.device != here:
+            log.warning(
+                f"the checkpoint's plan was made for {plan.device}, not {here}; it is not applied and the"
+                f" plan is made again ({self.plan_source if isinstance(self.plan_source, str) else 'given'})"
+            )
+            return
+        self.plan, self.planned = plan, True
+        if self.profiler is not None and self._own_profiler:
+            self.lightning_module.trainer.callbacks.remove(self.profiler)  # nothing left to profile
+            self.profiler = None
+        if self.is_global_zero:
+            log.info("applying the plan from the checkpoint; not profiling or planning again")
+
+    def _engage(self) -> None:
+        """(Re)attach the engine: the plan's backend, quotas and phases, or inline while none is final."""
+        if self.engine.attached:
+            self.engine.detach()
         device = self.root_device
-        backend = make_backend(self.backend, device)
         sm_count = (
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
         )
-        quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
-        self.engine.attach(self.units, backend=backend, quotas=quotas, device=device)
+        quotas: dict[str, int] = {}
+        groups = None
+        if self.planned and self.plan is not None:
+            if self.plan.sequential:
+                backend = make_backend("none", device)
+            else:
+                backend = make_backend(self.backend, device)
+                wanted = {
+                    m: q for phase in self.plan.phases for m, q in phase.quotas.items() if q is not None
+                }
+                where = f"{device_name(device)} (the plan was made for {self.plan.device})"
+                quotas = check_quotas(wanted, list(self.units), sm_count, where)
+                groups = [phase.modules for phase in self.plan.phases]
+        elif self.plan_source == "concurrent":
+            backend = make_backend(self.backend, device)
+            quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
+        else:  # warmup of plan="auto", or plan="temporal": plain
+            backend = make_backend("none", device)
+        self.engine.attach(self.units, backend=backend, quotas=quotas, device=device, groups=groups)
 
     def _should_trace(self, stage: str) -> bool:
         if self.graph is not None or not self.units:
@@ -368,21 +520,150 @@ class MosaicStrategy(ParallelStrategy):
             if not self._should_trace(stage):
                 return step(*args, **kwargs)
             graph, out = trace(self.units, lambda: step(*args, **kwargs))
-            self.graph = graph
-            backend = self.engine.backend
-            if backend.concurrent:
+        self._traced(graph)
+        return out
+
+    def _traced(self, graph: ModuleGraph) -> None:
+        """The first step's graph is known: fix the plan of sources that need no profile."""
+        self.graph = graph
+        device = self.root_device
+        source = self.plan_source
+        if not self.planned:
+            if source == "concurrent":
+                backend = self.engine.backend
                 granted = {u: g.granted for u, g in backend.grants.items() if g.partitioned}
-                self.plan = concurrent_plan(
-                    graph, granted, self.root_device, method=f"{backend.name} backend"
-                )
+                self.plan = concurrent_plan(graph, granted, device, method=f"{backend.name} backend")
+                self.planned = True
+            elif source == "temporal" or self.profiler is None:
+                self.plan = temporal_plan(graph, device)
+                if source == "auto":
+                    reason = self._can_overlap() or "nothing is profiled outside fit"
+                    self.plan.notes.append(f"{reason}: temporal plan")
+                self.planned = True
             else:
-                self.plan = temporal_plan(graph, self.root_device)
-            if self.is_global_zero:
-                log.info(f"{graph.describe()}\n{self.plan.describe()}\n{backend.describe()}")
-            return out
+                self.plan = temporal_plan(graph, device)  # provisional: the warmup runs plain
+        if self.planned and self.plan is not None and isinstance(self.micro_batches, int):
+            _set_micro_batches(self.plan, self.micro_batches)
+        if self.is_global_zero:
+            pending = (
+                f"\nplan: auto; the first {self.profiler.warmup_steps} steps run plain, then the units"
+                " are profiled and planned"
+                if not self.planned and self.profiler is not None
+                else ""
+            )
+            log.info(f"{graph.describe()}{pending}")
+        self._announce(graph)
+
+    def _announce(self, graph: ModuleGraph | None) -> None:
+        """Log the final plan and the backend once; write the plan files of ``plan="auto"`` (fitting)."""
+        if not self.planned or self.plan is None or self._announced is self.plan:
+            return
+        self._announced = self.plan
+        if self.is_global_zero:
+            log.info(f"{self.plan.describe()}\n{self.engine.backend.describe()}")
+        if self._fitting() and self.profiler is not None:
+            self._publish(graph)
+
+    def _fitting(self) -> bool:
+        trainer = self.lightning_module.trainer
+        return trainer.state.fn == TrainerFn.FITTING
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        profiler = self.profiler
+        if self.planned or profiler is None or profiler.profile is None:
+            return
+        graph = self.graph
+        if graph is None and profiler.profile.graph is not None:
+            graph = ModuleGraph.from_dict(profiler.profile.graph)
+        if graph is None:
+            return  # the first step traces it
+        data = None
+        if self.is_global_zero:
+            data = self._search(profiler, graph).to_dict()
+        data = self.broadcast(data, src=0)
+        self.plan, self.planned = Plan.from_dict(data), True
+        self._engage()
+        self._announce(graph)
+
+    def _search(self, profiler: MosaicProfiler, graph: ModuleGraph) -> Plan:
+        """The plan for ``graph`` from the profiler's performance model (rank 0); temporal when none fits."""
+        explicit = self.micro_batches if isinstance(self.micro_batches, int) else None
+        model, profile = profiler.perf_model, profiler.profile
+        assert profile is not None
+        reason = None
+        if model is None:
+            reason = "no performance model could be fitted to the profile (see the warning above)"
+        else:
+            try:
+                chosen = search_plan(
+                    graph,
+                    model,
+                    DeviceSpec.from_current(self.root_device),
+                    profile.batch_size,
+                    micro_batches=explicit,
+                )
+            except ValueError as err:
+                reason = f"the planner found no plan: {err}"
+        if reason is not None:
+            log.warning(f"{reason}; training with the temporal plan")
+            chosen = temporal_plan(graph, self.root_device)
+            chosen.notes.append(reason)
+        chosen.device = device_name(self.root_device)
+        if explicit is not None:
+            _set_micro_batches(chosen, explicit)
+        return chosen
+
+    def _publish(self, graph: ModuleGraph | None = None) -> None:
+        """Write the plan (and the profile and the timeline, when there is one) to the logger's directory."""
+        directory = self.lightning_module.trainer.log_dir  # every rank: it broadcasts
+        if not self.is_global_zero or directory is None or self.plan is None:
+            return
+        self.plan.save(os.path.join(directory, PLAN_FILE))
+        written = [PLAN_FILE]
+        profiler = self.profiler
+        if profiler is not None and profiler.profile is not None:
+            target = os.path.join(directory, PROFILE_FILE)
+            if os.path.abspath(target) != os.path.abspath(profiler.path or ""):
+                write_text(target, profiler.profile.to_json())
+            written.append(PROFILE_FILE)
+            if profiler.perf_model is not None and graph is not None:
+                from lightning_mosaic.viz import draw_plan
+
+                try:
+                    draw_plan(
+                        graph,
+                        profiler.perf_model,
+                        self.plan,
+                        profiler.profile.batch_size,
+                        os.path.join(directory, TIMELINE_FILE),
+                    )
+                    written.append(TIMELINE_FILE)
+                except ImportError as err:
+                    warn_once(log, "plan-timeline", f"the plan's timeline is not drawn: {err}")
+        log.info(f"{', '.join(written)} written to {directory}")
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        return self._run_step("train", super().training_step, *args, **kwargs)
+        k = self.active_micro_batches
+        if k <= 1 or not args:
+            return self._run_step("train", super().training_step, *args, **kwargs)
+        return self._run_step("train", self._micro_training_step, k, *args, **kwargs)
+
+    def _micro_training_step(self, k: int, *args: Any, **kwargs: Any) -> Any:
+        """``training_step`` on ``k`` micro-batches, inside one forward of the DDP wrapper if there is one."""
+        module = self.lightning_module
+
+        def steps(batch: Any, *rest: Any, **kw: Any) -> Any:
+            return run_micro_steps(module, module.training_step, k, batch, *rest, **kw)
+
+        with self.precision_plugin.train_step_context():
+            if self.model is module:
+                return steps(*args, **kwargs)
+            module.__dict__[_MICRO_STEPS] = steps  # what the DDP forward redirection calls
+            try:
+                return self._forward_redirection(self.model, module, _MICRO_STEPS, *args, **kwargs)
+            finally:
+                del module.__dict__[_MICRO_STEPS]
 
     def validation_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_step("validate", super().validation_step, *args, **kwargs)
@@ -392,3 +673,57 @@ class MosaicStrategy(ParallelStrategy):
 
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_step("predict", super().predict_step, *args, **kwargs)
+
+
+_MICRO_STEPS = "_mosaic_micro_steps"
+
+
+def _check_plan(plan: Any, quotas_given: bool) -> str | Plan:
+    """``plan`` as ``"auto"``, ``"temporal"``, ``"concurrent"`` or a :class:`Plan` (a path is read now)."""
+    if isinstance(plan, Plan):
+        source: str | Plan = plan
+    elif isinstance(plan, str) and plan in PLANS:
+        source = plan
+    elif isinstance(plan, (str, os.PathLike)):
+        path = os.fspath(plan)
+        if not os.path.exists(path):
+            raise ValueError(f"plan={path!r} is neither one of {', '.join(PLANS)} nor an existing plan file")
+        source = Plan.load(path)  # a corrupt file raises, naming it
+    else:
+        raise TypeError(
+            f"plan must be one of {', '.join(PLANS)}, a Plan or the path of a plan file, got"
+            f" {type(plan).__name__}: {plan!r}"
+        )
+    if quotas_given:
+        if source == "auto":
+            return "concurrent"  # quotas by hand are a plan by hand
+        if source != "concurrent":
+            raise ValueError(
+                f"quotas= sets the SM quotas by hand, which only goes with plan='concurrent', not"
+                f" plan={plan!r}; put the quotas in the plan instead"
+            )
+    return source
+
+
+def _check_micro_batches(value: Any) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(
+        f"micro_batches={value!r} must be 'auto' (the plan's count) or a whole number, 1 or more"
+    )
+
+
+def _check_plan_units(plan: Plan, units: list[str]) -> None:
+    if set(plan.modules) != set(units):
+        raise ValueError(
+            f"the plan is for modules {plan.modules} but the strategy's units are {units}; make the plan for"
+            " this model (or pass modules= to match it)"
+        )
+
+
+def _set_micro_batches(plan: Plan, k: int) -> None:
+    if plan.micro_batches != k:
+        plan.notes.append(
+            f"micro_batches={k} given: {k} micro-batches instead of the plan's {plan.micro_batches}"
+        )
+        plan.micro_batches = k

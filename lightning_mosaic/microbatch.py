@@ -1,0 +1,171 @@
+"""Micro-batches inside one step: split a batch along its first dimension, combine what the steps return.
+
+A plan may run a training step as ``k`` micro-batches, so that the encoders of micro-batch ``i + 1``
+overlap the backbone of micro-batch ``i``. The loss of the full batch is the mean over its samples;
+the combined loss ``sum(n_i / n * loss_i)`` has the same value and the same gradients (up to float
+rounding) when each ``loss_i`` is the mean over its ``n_i`` samples. Losses averaged over something
+else (tokens with uneven padding, for instance) are weighted by samples all the same.
+
+:func:`split_batch` knows tensors, mappings (``dict``, ``BatchEncoding``, ``ModelOutput``), lists,
+tuples, named tuples and dataclasses. A tensor is split when its first dimension is the batch size,
+and kept whole when it is a scalar; a list of plain values (strings, numbers) as long as the batch
+is split per sample; strings, numbers and ``None`` are kept whole. Anything else is a
+:class:`BatchSplitError` naming the type, where it sits in the batch and the hook to implement.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+HOOK = "mosaic_split_batch"
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+class BatchSplitError(TypeError):
+    """A batch (or a part of it) that cannot be split into micro-batches."""
+
+
+def batch_size(batch: Any) -> int:
+    """The first dimension of the first non-scalar tensor in ``batch``; an error when there is none."""
+    found = _first_tensor(batch)
+    if found is None:
+        raise BatchSplitError(
+            f"a batch of type {type(batch).__name__} holds no tensor with a batch dimension, so its size is"
+            f" unknown; define `{HOOK}(self, batch, k)` on your LightningModule to split it"
+        )
+    return int(found.shape[0])
+
+
+def sizes(total: int, k: int) -> list[int]:
+    """``total`` samples in ``min(k, total)`` micro-batches; the first ones take the remainder."""
+    k = max(1, min(k, total))
+    return [total // k + (1 if i < total % k else 0) for i in range(k)]
+
+
+def split_batch(batch: Any, k: int) -> list[Any]:
+    """``batch`` as ``min(k, size)`` micro-batches along the first dimension (see the module docstring)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} must be a whole number of micro-batches, 1 or more")
+    total = batch_size(batch)
+    out, start = [], 0
+    for n in sizes(total, k):
+        out.append(_take(batch, start, start + n, total, "batch"))
+        start += n
+    return out
+
+
+def check_split(parts: Any, k: int) -> list[Any]:
+    """What a user's ``mosaic_split_batch`` returned, checked: a list of 1 to ``k`` micro-batches."""
+    if not isinstance(parts, Sequence) or isinstance(parts, (str, bytes)) or not 1 <= len(parts) <= k:
+        got = f"{len(parts)} items" if isinstance(parts, Sequence) else type(parts).__name__
+        raise BatchSplitError(f"`{HOOK}(batch, {k})` must return a list of 1 to {k} micro-batches, got {got}")
+    return list(parts)
+
+
+def combine_outputs(outputs: Sequence[Any], counts: Sequence[int]) -> Any:
+    """One step output from the micro-batches' ``training_step`` outputs (see :func:`combine`).
+
+    All ``None`` gives ``None`` (Lightning skips the step); a mix of ``None`` and losses is an error,
+    since the unsplit step would either have skipped or not.
+    """
+    if all(out is None for out in outputs):
+        return None
+    if any(out is None for out in outputs):
+        skipped = [i for i, out in enumerate(outputs) if out is None]
+        raise ValueError(
+            f"training_step returned None for micro-batches {skipped} of {len(outputs)} but a loss for the"
+            " others; a step is either skipped for the whole batch or not, so return None for all or none"
+        )
+    return combine(list(outputs), counts)
+
+
+def combine(values: list[Any], counts: Sequence[int]) -> Any:
+    """The full-batch value from the values of micro-batches of ``counts`` samples each.
+
+    Scalars (0-dim tensors, numbers) are averaged with weights ``n_i / n``; tensors with a row per
+    sample are concatenated; mappings are combined key by key; anything else (strings, objects such
+    as metrics, tensors of other shapes) takes the last micro-batch's value.
+    """
+    first, total = values[0], sum(counts)
+    if isinstance(first, torch.Tensor):
+        if first.dim() == 0:
+            return sum(value * (n / total) for value, n in zip(values, counts, strict=True))
+        rows = all(
+            isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
+            for v, n in zip(values, counts, strict=True)
+        )
+        return torch.cat(values) if rows else values[-1]
+    if isinstance(first, (float, int)) and not isinstance(first, bool):
+        return float(sum(float(value) * n / total for value, n in zip(values, counts, strict=True)))
+    if isinstance(first, Mapping):
+        merged = copy.copy(first)
+        for key in first:
+            merged[key] = combine([value[key] for value in values], counts)
+        return merged
+    return values[-1]
+
+
+# ---------------------------------------------------------------------- internals
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.dim() > 0 else None
+    if isinstance(obj, Mapping):
+        items: Any = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    else:
+        return None
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _take(obj: Any, start: int, stop: int, total: int, path: str) -> Any:
+    """Rows ``start:stop`` of every per-sample part of ``obj``; ``path`` names it in errors."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0:
+            return obj
+        if obj.shape[0] != total:
+            raise BatchSplitError(
+                f"{path} has shape {tuple(obj.shape)}, whose first dimension is not the batch size {total},"
+                f" so it cannot be split into micro-batches; define `{HOOK}(self, batch, k)` on your"
+                " LightningModule to split this batch"
+            )
+        return obj[start:stop]
+    if isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, Mapping):
+        new = copy.copy(obj)  # keeps the mapping's type (dict, BatchEncoding, ModelOutput)
+        for key, value in obj.items():
+            new[key] = _take(value, start, stop, total, f"{path}[{key!r}]")
+        return new
+    if isinstance(obj, list):
+        if len(obj) == total and all(isinstance(item, _PLAIN) for item in obj):
+            return obj[start:stop]  # one plain value per sample (captions, ids)
+        return [_take(item, start, stop, total, f"{path}[{i}]") for i, item in enumerate(obj)]
+    if isinstance(obj, tuple):
+        items = [_take(item, start, stop, total, f"{path}[{i}]") for i, item in enumerate(obj)]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        new = copy.copy(obj)
+        for f in dataclasses.fields(obj):
+            object.__setattr__(
+                new, f.name, _take(getattr(obj, f.name), start, stop, total, f"{path}.{f.name}")
+            )
+        return new
+    raise BatchSplitError(
+        f"cannot split {path} of type {type(obj).__module__}.{type(obj).__qualname__} into micro-batches;"
+        f" define `{HOOK}(self, batch, k)` on your LightningModule returning a list of k micro-batches,"
+        " or train with micro_batches=1"
+    )
