@@ -181,3 +181,38 @@ def test_bad_micro_batch_and_plan_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"plan\.json"):
         MosaicStrategy(plan=broken)
     assert MosaicStrategy(quotas={"vision": 8}).plan_source == "concurrent"
+
+
+def test_encoders_of_the_next_micro_batch_are_not_ordered_after_the_backbone():
+    """Two phases, two micro-batches, recorded on fake streams: overlap where the plan wants it, no race."""
+    from helpers import demo_data, demo_model, long_lived
+
+    from lightning_mosaic.engine import HappensBefore, RecordingBackend, find_races
+
+    plan = Plan(
+        [Phase({"vision": 64, "audio": 64}), Phase({"projector": None, "llm": None})],
+        micro_batches=2,
+        method="user",
+        device="cpu",
+    )
+    backend = RecordingBackend()
+    model = demo_model()
+    t = trainer(MosaicStrategy(backend=backend, plan=plan), max_steps=1)
+    with backend.recording():
+        t.fit(model, demo_data(batch_size=4))
+    assert t.strategy.engine.calls == {"vision": 2, "audio": 2, "projector": 2, "llm": 2}
+    assert backend.grants["vision"].granted == 64 and backend.streams["llm"].quota is None
+    log = backend.log
+    hb = HappensBefore(log)
+    first_backward = next(i for i, e in enumerate(log) if e.phase == "backward")
+    forward = {u: [i for i in backend.launches(u, "forward") if i < first_backward] for u in t.strategy.units}
+    llm = forward["llm"]
+    # Micro-batch 0's backbone is launched before micro-batch 1's encoders (the CPU runs in order).
+    llm_0 = [i for i in llm if i < min(v for v in forward["vision"] if v > llm[0])]
+    for encoder in ("vision", "audio"):
+        next_encoder = [i for i in forward[encoder] if i > llm_0[-1]]
+        assert next_encoder, f"{encoder} of micro-batch 1 comes after the backbone of micro-batch 0"
+        assert hb.concurrent(llm_0, next_encoder), f"{encoder} of micro-batch 1 waits for the backbone of 0"
+    lanes = {e.stream for e in log if e.kind == "launch" and e.stream.startswith("lane")}
+    assert lanes == {"lane0", "lane1"}, "each micro-batch's step code runs on its own lane"
+    assert find_races(log, long_lived(model)) == []

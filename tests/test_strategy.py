@@ -510,3 +510,124 @@ def test_the_plan_shows_the_quotas_granted():
     assert t.strategy.plan.phases[0].quotas == {"vision": 32, "audio": 16}
     assert t.strategy.plan.phases[1].quotas == {"projector": None}
     assert "phase 0: vision (32), audio (16)" in t.strategy.plan.describe()
+
+
+# ---------------------------------------------------------------- the closed loop: profile, plan, apply
+
+AUTO = dict(backend="cpu", warmup_steps=2, profile_seconds=20)
+
+
+def _auto_fit(tmp_path, max_steps=6, ckpt_path=None, callbacks=(), **options):
+    from lightning.pytorch.loggers import CSVLogger
+
+    strategy = MosaicStrategy(**{**AUTO, **options})
+    t = trainer(
+        strategy,
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path),
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+    )
+    model = hf_model()
+    t.fit(model, hf_loader(), ckpt_path=ckpt_path)
+    return t, strategy, model
+
+
+def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
+    import logging
+    from pathlib import Path
+
+    from lightning_mosaic.planner import Plan
+    from lightning_mosaic.profile import Profile
+
+    with caplog.at_level(logging.INFO, logger="lightning_mosaic"):
+        t, strategy, _ = _auto_fit(tmp_path)
+    assert strategy.planned and strategy.profiler is not None and not strategy.profiler.reused
+    plan = strategy.plan
+    assert plan.method in ("heuristic", "temporal") and plan.predicted_step_s is not None
+    assert set(plan.modules) == set(strategy.units)
+    directory = Path(t.log_dir)
+    assert Plan.load(directory / "mosaic_plan.json") == plan
+    assert Profile.load(directory / "mosaic_profile.json") == strategy.profiler.profile
+    assert (directory / "mosaic_plan.png").stat().st_size > 0
+    described = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan for ")]
+    assert described == [plan.describe() + "\n" + strategy.engine.backend.describe()]  # logged once
+    # 2 plain steps, the profiled one, then the plan runs the other 3 (the profiler's replays uncounted).
+    assert strategy.engine.calls["llm"] == 3 * strategy.active_micro_batches
+
+
+def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path, monkeypatch):
+    import lightning_mosaic.lightning.callback as callback_module
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4)
+    _, first, _ = _auto_fit(tmp_path, callbacks=[saver])
+    checkpoint = tmp_path / "ckpt" / "epoch=0-step=4.ckpt"
+    assert torch.load(checkpoint, weights_only=False)["mosaic_plan"] == first.plan.to_dict()
+
+    def never(*args, **kwargs):
+        raise AssertionError("profiled again")
+
+    monkeypatch.setattr(callback_module, "profile_units", never)
+    (tmp_path / "mosaic_profile.json").unlink()  # nothing to reuse but the checkpoint
+    t, resumed, _ = _auto_fit(tmp_path / "again", max_steps=8, ckpt_path=checkpoint)
+    assert t.global_step == 8 and resumed.planned and resumed.plan == first.plan
+    assert resumed.profiler is None and not any(type(c).__name__ == "MosaicProfiler" for c in t.callbacks)
+
+
+def test_a_matching_profile_is_reused_and_planned_before_the_first_step(tmp_path, monkeypatch):
+    import lightning_mosaic.lightning.callback as callback_module
+
+    _, first, _ = _auto_fit(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("profiled again")
+
+    monkeypatch.setattr(callback_module, "profile_units", never)
+    _, second, _ = _auto_fit(tmp_path, max_steps=3)
+    assert second.profiler.reused and second.planned
+    assert second.plan.phases == first.plan.phases
+    assert second.engine.calls["llm"] == 3 * second.active_micro_batches  # planned before step 1
+
+
+def test_a_plan_file_or_object_is_applied_from_the_first_step(tmp_path):
+    from lightning_mosaic.planner import Phase, Plan
+
+    units = ["vision", "audio", "vision_proj", "audio_proj", "llm"]
+    plan = Plan([Phase({u: None}) for u in units], micro_batches=2, method="user", device="cpu")
+    plan.save(tmp_path / "plan.json")
+    t = trainer(MosaicStrategy(plan=str(tmp_path / "plan.json")), max_steps=2)
+    t.fit(hf_model(), hf_loader())
+    assert t.strategy.plan == plan and t.strategy.engine.calls["llm"] == 4
+    wrong = Plan([Phase({"vision": None})], device="cpu")
+    with pytest.raises(ValueError, match=r"plan is for modules \['vision'\] but the strategy's units are"):
+        trainer(MosaicStrategy(plan=wrong), max_steps=1).fit(hf_model(), hf_loader())
+
+
+def test_auto_on_an_inline_backend_does_not_profile_and_says_why(tmp_path):
+    t = trainer(MosaicStrategy(), max_steps=2, default_root_dir=tmp_path)
+    t.fit(hf_model(), hf_loader())
+    assert t.strategy.profiler is None and t.strategy.plan.is_temporal
+    assert "units run inline on cpu" in t.strategy.plan.notes[0]
+    assert not (tmp_path / "mosaic_profile.json").exists()
+
+
+def test_two_cpu_processes_share_rank_zeros_plan(tmp_path):
+    from helpers import RecordRank
+
+    (tmp_path / "ranks").mkdir()
+    strategy = MosaicStrategy(start_method="spawn", micro_batches=2, **AUTO)
+    model = hf_model()
+    t = trainer(
+        strategy,
+        devices=2,
+        max_steps=5,
+        default_root_dir=tmp_path,
+        callbacks=[RecordRank(tmp_path / "ranks")],
+    )
+    t.fit(model, hf_loader())
+    ranks = _ranks(tmp_path / "ranks")
+    assert ranks[0]["plan"] is not None and ranks[0]["plan"] == ranks[1]["plan"]
+    assert ranks[0]["plan"]["micro_batches"] == 2
+    assert_bitwise_equal(ranks[0]["params"], ranks[1]["params"])
+    assert (tmp_path / "mosaic_profile.json").exists()  # rank 0 profiled and saved

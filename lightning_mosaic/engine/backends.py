@@ -59,6 +59,10 @@ class Backend:
     def stream(self, unit: str) -> Any:
         return self.streams[unit]
 
+    def lane(self, index: int) -> Any:
+        """The stream of micro-batch ``index``'s step: the caller's code between units runs there."""
+        return None
+
     def current_stream(self) -> Any:
         return None
 
@@ -132,6 +136,7 @@ class CudaStreamBackend(Backend):
     ) -> None:
         self.device = device
         self.streams = self._streams(units, quotas, device, groups)
+        self.lanes: dict[int, Any] = {}
 
     def _streams(
         self,
@@ -156,6 +161,11 @@ class CudaStreamBackend(Backend):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
         return {u: torch.cuda.Stream(device) for u in units}
+
+    def lane(self, index: int) -> Any:
+        if index not in self.lanes:
+            self.lanes[index] = torch.cuda.Stream(self.device)  # the whole GPU, like the caller's
+        return self.lanes[index]
 
     def current_stream(self) -> Any:
         return torch.cuda.current_stream(self.device)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_mosaic._tree import map_tensors
+from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.engine.backends import Backend, InlineBackend
 from lightning_mosaic.engine.pending import PendingTensor, _value, retire
 
@@ -122,6 +122,45 @@ class Engine:
             yield
         finally:
             self._paused -= 1
+
+    @contextmanager
+    def lane(self, index: int, inputs: Any = None) -> Iterator[None]:
+        """Run the block (micro-batch ``index``'s step) on its own lane stream.
+
+        With micro-batches, the code of a step between unit calls (losses, user code) would
+        otherwise queue on the one caller's stream: micro-batch ``i``'s loss waits for its
+        backbone, and micro-batch ``i + 1``'s encoders would wait behind it. On a lane, each
+        micro-batch's step starts after everything the caller queued so far and nothing else.
+        ``inputs`` (the micro-batch) are marked as used on the lane. Join before the caller uses
+        what the lanes made, and :meth:`hand_over` it.
+        """
+        backend = self.backend
+        if not backend.concurrent or self._paused:
+            yield
+            return
+        caller = backend.current_stream()
+        stream = backend.lane(index)
+        backend.wait(stream, backend.record(caller))
+        for tensor in iter_tensors(inputs):
+            backend.record_stream(_value(tensor), stream)
+        self._dirty[stream] = None
+        backend.set_current(stream)
+        try:
+            yield
+        finally:
+            backend.set_current(caller)
+
+    def hand_over(self, obj: Any) -> None:
+        """Tensors in ``obj`` made on lanes are used on the caller's stream from now on (after a join).
+
+        Their memory must not return to a lane's pool while the caller's queued work reads it.
+        """
+        backend = self.backend
+        if not backend.concurrent:
+            return
+        caller = backend.current_stream()
+        for tensor in iter_tensors(obj):
+            backend.record_stream(_value(tensor), caller)
 
     def join(self) -> None:
         """The caller's stream waits for the unit streams used since the last join; pending outputs retire."""

@@ -88,7 +88,11 @@ class RecordingBackend(Backend):
         groups: Sequence[Sequence[str]] | None = None,
     ) -> None:
         self.streams = {u: FakeStream(u, quotas.get(u)) for u in units}
+        self.lanes: dict[int, FakeStream] = {}
         self.grants = {u: Grant(quotas.get(u), quotas.get(u) or 0, quotas.get(u) is not None) for u in units}
+
+    def lane(self, index: int) -> FakeStream:
+        return self.lanes.setdefault(index, FakeStream(f"lane{index}"))
 
     def current_stream(self) -> FakeStream:
         return self.current

@@ -29,6 +29,8 @@ from lightning_mosaic.microbatch import (
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+    from lightning_mosaic.engine import Engine
+
 
 def micro_batches_of(module: pl.LightningModule, batch: Any, k: int) -> list[Any]:
     """``batch`` as micro-batches: by the module's split hook if any, else by default."""
@@ -39,11 +41,19 @@ def micro_batches_of(module: pl.LightningModule, batch: Any, k: int) -> list[Any
 
 
 def run_micro_steps(
-    module: pl.LightningModule, step: Callable[..., Any], k: int, batch: Any, *args: Any, **kwargs: Any
+    module: pl.LightningModule,
+    step: Callable[..., Any],
+    k: int,
+    engine: Engine,
+    batch: Any,
+    *args: Any,
+    **kwargs: Any,
 ) -> Any:
     """``step(micro_batch, *args, **kwargs)`` on each of ``k`` micro-batches; the combined output.
 
     ``step`` is the module's ``training_step``; logging done inside is combined (module docstring).
+    Each micro-batch's step runs on its own lane of ``engine`` (see :meth:`Engine.lane`), so the
+    encoders of micro-batch ``i + 1`` do not queue behind the loss of micro-batch ``i``.
     """
     if not module.automatic_optimization:
         raise RuntimeError(
@@ -60,7 +70,10 @@ def run_micro_steps(
     with recorder:
         for index, part in enumerate(parts):
             recorder.index = index
-            outputs.append(step(part, *args, **kwargs))
+            with engine.lane(index, part):
+                outputs.append(step(part, *args, **kwargs))
+    engine.join()  # the caller's stream waits for every lane (and unit) before combining
+    engine.hand_over((outputs, recorder.calls))
     recorder.replay(counts)
     return combine_outputs(outputs, counts)
 

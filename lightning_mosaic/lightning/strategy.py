@@ -654,7 +654,7 @@ class MosaicStrategy(ParallelStrategy):
         module = self.lightning_module
 
         def steps(batch: Any, *rest: Any, **kw: Any) -> Any:
-            return run_micro_steps(module, module.training_step, k, batch, *rest, **kw)
+            return run_micro_steps(module, module.training_step, k, self.engine, batch, *rest, **kw)
 
         with self.precision_plugin.train_step_context():
             if self.model is module:
