@@ -4,16 +4,19 @@
 # performance-model accuracy on a GPU profile of the demo model (and the profile itself), a plan
 # and its timeline from a quick GPU profile, the
 # engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked
-# tests, the engine-overhead benchmark and compute-sanitizer's racecheck. Run from a checkout:
+# tests, the engine-overhead benchmark (temporal plan vs plain Lightning), the closed loop's
+# throughput (temporal vs naive streams vs mosaic's own plan, on the demo model at "medium" size,
+# whose encoders leave the GPU underused at small batches) and compute-sanitizer's racecheck.
+# Every section together takes more than 7 minutes; pick sections to stay within a budget:
 #   bash benchmarks/gpu_check.sh                      # every section
-#   bash benchmarks/gpu_check.sh accuracy tests       # only these sections
-# Sections: environment accuracy plan engine tests overhead racecheck (environment always runs).
+#   bash benchmarks/gpu_check.sh tests overhead train # only these sections (about 6 minutes)
+# Sections: environment accuracy plan engine tests overhead train racecheck (environment always runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SECTIONS=${*:-accuracy plan engine tests overhead racecheck}
+SECTIONS=${*:-accuracy plan engine tests overhead train racecheck}
 wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 status=0
 
@@ -79,6 +82,16 @@ if wanted overhead; then
         --out "$OUT/overhead.json" || status=1
 fi
 
+# The closed loop: MosaicStrategy() profiles and plans, then temporal / naive streams / mosaic train
+# interleaved in one process. Two batch sizes of the medium demo model, each in its own folder.
+if wanted train; then
+    for batch in 8 32; do
+        mkdir -p "$OUT/train-medium-b$batch"
+        timeout 150 python benchmarks/bench_train.py --size medium --batch-size "$batch" --steps 15 --rounds 3 \
+            --profile-seconds 40 --out "$OUT/train-medium-b$batch/bench.json" || status=1
+    done
+fi
+
 # compute-sanitizer's racecheck reports shared-memory hazards inside kernels (it does not see
 # cross-stream ordering, which the recording backend's tests check). The demo runs with units on
 # their own streams and, for comparison, inline: hazards in both come from the kernels themselves.
@@ -86,7 +99,7 @@ if wanted racecheck && command -v compute-sanitizer >/dev/null 2>&1; then
     for backend in streams none; do
         timeout 45 compute-sanitizer --tool racecheck --print-limit 20 \
             python -m lightning_mosaic demo --size tiny --steps 2 --batch-size 2 --accelerator gpu \
-            --backend "$backend" > "$OUT/racecheck-$backend.log" 2>&1
+            --plan concurrent --backend "$backend" --out "$OUT/racecheck-demo" > "$OUT/racecheck-$backend.log" 2>&1
         echo $? > "$OUT/racecheck-$backend.code"
     done
     python - "$OUT" <<'PY' || status=1

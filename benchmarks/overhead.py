@@ -1,10 +1,11 @@
-"""Engine overhead: step time of the demo model under plain Lightning vs ``strategy="mosaic"``.
+"""Engine overhead: step time of the demo model under plain Lightning vs mosaic's temporal plan.
 
-Both run the same model, data and temporal plan in one process, in interleaved rounds (the order
-alternates each round), so drift of the machine hits both alike. Each step is timed from
-``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward, optimizer step), after
-warmup steps that include mosaic's one traced step. Prints the median step times and their ratio,
-and writes JSON.
+Both run the same model, data and plan (every unit alone, one after another) in one process, in
+interleaved rounds (the order alternates each round), so drift of the machine hits both alike; what
+differs is the engine's hooks. ``--plan concurrent`` measures units on their own streams instead.
+Each step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward,
+optimizer step), after warmup steps that include mosaic's one traced step. Prints the median step
+times and their ratio, and writes JSON.
 
     python benchmarks/overhead.py                      # CPU, demo size "small"
     python benchmarks/overhead.py --accelerator gpu --size base --batch-size 16
@@ -13,39 +14,19 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-import lightning_mosaic
+from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
-from lightning_mosaic.planner import device_name
 
-
-class StepTimer(L.Callback):
-    """Wall time of every training step (synchronising the GPU at both ends)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def _sync(self, trainer: L.Trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync(trainer)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync(trainer)
-        self.times.append(time.perf_counter() - self._start)
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import StepTimer, environment
 
 
 def run(variant: str, args: argparse.Namespace) -> list[float]:
@@ -55,7 +36,7 @@ def run(variant: str, args: argparse.Namespace) -> list[float]:
     data = DemoDataModule(args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
     timer = StepTimer()
     trainer = L.Trainer(
-        strategy="mosaic" if variant == "mosaic" else "auto",
+        strategy=MosaicStrategy(plan=args.plan) if variant == "mosaic" else "auto",
         accelerator=args.accelerator,
         devices=1,
         precision=args.precision,
@@ -74,7 +55,7 @@ def run(variant: str, args: argparse.Namespace) -> list[float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--size", default="small", help="demo model size: tiny, small or base (default: small)"
+        "--size", default="small", help="demo model size: tiny, small, medium or base (default: small)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round (default: 30)")
@@ -82,6 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--accelerator", default="cpu", help="cpu (default) or gpu")
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--plan",
+        choices=("temporal", "concurrent"),
+        default="temporal",
+        help="mosaic's plan: temporal (default; the engine's own cost) or concurrent (units on streams)",
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default: print only)")
     args = parser.parse_args(argv)
     if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 1:
@@ -110,11 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     plain, mosaic = statistics.median(times["plain"]), statistics.median(times["mosaic"])
     result = {
         "benchmark": "overhead",
-        "date": datetime.date.today().isoformat(),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "lightning_mosaic": lightning_mosaic.__version__,
+        **environment(device),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "plain_step_s": plain,
         "mosaic_step_s": mosaic,

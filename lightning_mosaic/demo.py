@@ -76,6 +76,20 @@ SIZES: dict[str, DemoSize] = {
         vocab=256,
         text=16,
     ),
+    "medium": DemoSize(  # encoders that leave an H100 underused at small batches
+        image=224,
+        patch=16,
+        mels=80,
+        frames=400,
+        width=512,
+        layers=6,
+        heads=8,
+        llm_width=768,
+        llm_heads=12,
+        llm_layers=6,
+        vocab=8000,
+        text=64,
+    ),
     "base": DemoSize(
         image=224,
         patch=16,
@@ -293,6 +307,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--freeze-vision", action="store_true", help="freeze the vision encoder")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="where units run (default: auto)")
     parser.add_argument(
+        "--plan",
+        default="auto",
+        help="auto (profile during warmup, then plan; default), temporal, concurrent, or a plan JSON file",
+    )
+    parser.add_argument(
+        "--micro-batches",
+        default="auto",
+        help="micro-batches per step: auto (the plan's; default) or a number",
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=3, help="plain steps before profiling (default: 3)"
+    )
+    parser.add_argument(
+        "--out",
+        default="mosaic_demo",
+        help="folder for the profile, plan and timeline (default: mosaic_demo)",
+    )
+    parser.add_argument(
         "--quota",
         action="append",
         default=[],
@@ -303,17 +335,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+    micro_batches = int(args.micro_batches) if args.micro_batches.isdigit() else args.micro_batches
 
     L.seed_everything(args.seed, verbose=False)
     model = DemoMultimodalModel(args.size, freeze_vision=args.freeze_vision)
     data = DemoDataModule(args.size, batch_size=args.batch_size, num_samples=args.steps * args.batch_size)
-    strategy = MosaicStrategy(backend=args.backend, quotas=_parse_quotas(parser, args.quota))
+    quotas = _parse_quotas(parser, args.quota)
+    try:
+        strategy = MosaicStrategy(
+            plan="concurrent" if quotas and args.plan == "auto" else args.plan,
+            micro_batches=micro_batches,
+            backend=args.backend,
+            quotas=quotas,
+            warmup_steps=args.warmup_steps,
+        )
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
     trainer = L.Trainer(
         strategy=strategy,
         accelerator=args.accelerator,
         devices=int(args.devices) if args.devices.isdigit() else args.devices,
         precision=args.precision,
         max_steps=args.steps,
+        default_root_dir=args.out,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,

@@ -44,3 +44,13 @@ def test_planner_quality_benchmark_writes_json(tmp_path):
     assert 1.0 - 1e-12 <= ratios["min"] <= ratios["median"] <= ratios["max"]  # exhaustive is the optimum
     assert saved["speed_8_modules_h100"]["seconds_median"] > 0
     assert saved["speed_8_modules_h100"]["plan"]["device"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path):
+    main = runpy.run_path(str(BENCHMARKS / "bench_train.py"))["main"]
+    result = main(["--smoke", "--out", str(tmp_path / "bench.json")])
+    assert set(result["samples_per_s"]) == {"temporal", "naive", "mosaic"}
+    assert all(v > 0 for v in result["samples_per_s"].values())
+    assert result["plan"]["micro_batches"] >= 1 and result["predicted_step_s"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "bench_train"
+    assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in tmp_path.iterdir()}

@@ -64,7 +64,9 @@ def test_synthetic_data_is_deterministic_and_shaped():
 
 
 def test_unknown_size():
-    with pytest.raises(ValueError, match=r"unknown demo size 'huge'; choose one of tiny, small, base"):
+    with pytest.raises(
+        ValueError, match=r"unknown demo size 'huge'; choose one of tiny, small, medium, base"
+    ):
         DemoMultimodalModel("huge")
 
 

@@ -30,11 +30,14 @@ def _assert_close(a, b, rtol, atol):
 @pytest.mark.parametrize(
     "make", [(demo_model, demo_data), (hf_model, hf_loader)], ids=["two-encoder", "hugging-face"]
 )
-def test_fp32_allclose_to_plain_lightning_after_10_steps(make):
+def test_fp32_allclose_to_plain_lightning_after_10_steps(make, tmp_path):
+    """The whole loop on the GPU: warmup, profile, plan (no micro-batches here), apply, train."""
     model_fn, data_fn = make
     before = parameters(model_fn())
     _, plain = _fit(model_fn(), "auto", data_fn())
-    t, mosaic = _fit(model_fn(), "mosaic", data_fn())
+    strategy = MosaicStrategy(micro_batches=1, warmup_steps=2, profile_seconds=15)
+    t, mosaic = _fit(model_fn(), strategy, data_fn(), default_root_dir=tmp_path)
+    assert strategy.planned and strategy.profiler is not None and strategy.profiler.profile is not None
     assert t.strategy.root_device.type == "cuda"
     moved = any(not torch.equal(before[k].cpu(), plain[k].cpu()) for k in plain)
     assert moved, "training moved the parameters"
@@ -45,7 +48,7 @@ def test_fp32_allclose_to_plain_lightning_after_10_steps(make):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_matches_plain_lightning(precision):
     _, plain = _fit(demo_model(), "auto", demo_data(), precision=precision)
-    t, mosaic = _fit(demo_model(), "mosaic", demo_data(), precision=precision)
+    t, mosaic = _fit(demo_model(), MosaicStrategy(plan="concurrent"), demo_data(), precision=precision)
     _assert_close(plain, mosaic, rtol=1e-3, atol=1e-4)
     assert torch.isfinite(t.callback_metrics["train_loss"])
 
@@ -96,6 +99,30 @@ def test_a_quarter_of_the_sms_takes_about_four_times_as_long():
     quarter = ENGINE_CHECK["matmul_ms"](streams["quarter"])
     expected = props.multi_processor_count / grants["quarter"].granted
     assert 0.6 * expected < quarter / full < 1.5 * expected, (full, quarter, grants)
+
+
+def test_a_two_phase_plan_with_micro_batches_trains_like_plain_lightning():
+    from lightning_mosaic.planner import Phase, Plan
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    half = sms // 2 // 8 * 8
+    plan = Plan(
+        [
+            Phase({"vision": half, "audio": half}),
+            Phase({"vision_proj": None, "audio_proj": None}),
+            Phase({"llm": None}),
+        ],
+        micro_batches=2,
+        method="user",
+        device=torch.cuda.get_device_name(0),
+    )
+    _, plain = _fit(hf_model(optimizer="sgd", lr=0.1), "auto", hf_loader())
+    t, mosaic = _fit(hf_model(optimizer="sgd", lr=0.1), MosaicStrategy(plan=plan), hf_loader())
+    backend = t.strategy.engine.backend
+    assert backend.concurrent and t.strategy.engine.calls["llm"] == 20 and len(backend.lanes) == 2
+    if backend.name == "green_context":
+        assert backend.grants["vision"].partitioned and backend.grants["vision"].granted <= half
+    _assert_close(plain, mosaic, rtol=1e-4, atol=1e-5)
 
 
 def test_user_quotas_are_granted_on_the_gpu():

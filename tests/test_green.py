@@ -162,3 +162,27 @@ def test_a_failing_split_falls_back_to_contexts_one_by_one(monkeypatch):
     assert set(streams) == {"vision", "audio"} and [c.num_sms for c in contexts] == [32, 16]
     assert notes[0].startswith("SMPartition.split failed (Green Context disjoint SM splits require")
     assert "overlapping SMs" in notes[1]
+
+
+def test_grant_fits_each_phase_of_a_plan_on_its_own():
+    phases = [["vision", "audio"], ["llm"]]
+    grants = grant({"vision": 64, "audio": 64, "llm": 104}, 132, 8, 8, groups=phases)
+    assert [grants[u].granted for u in ("vision", "audio", "llm")] == [64, 64, 104], (
+        "units of different phases do not run together, so 64 + 64 + 104 > 132 is fine"
+    )
+    together = grant({"vision": 64, "audio": 64, "llm": 104}, 132, 8, 8)
+    assert sum(g.granted for g in together.values()) <= 132, "one group: they all fit together"
+
+
+def test_make_streams_splits_each_phase_disjointly(monkeypatch):
+    module = fake_api("2.15")
+    monkeypatch.setattr(green, "_device_sms", lambda index: 132)
+    phases = [["vision", "audio"], ["projector", "llm"]]
+    grants = grant({"vision": 64, "audio": 64, "projector": 32, "llm": 96}, 132, 8, 8, groups=phases)
+    streams, contexts, notes = make_streams(detect(module), grants, torch.device("cuda", 0), groups=phases)
+    assert set(streams) == {"vision", "audio", "projector", "llm"}
+    assert [c.sm_partition.sm_count for c in contexts] == [64, 64, 32, 96]
+    assert notes == [
+        "disjoint SM partitions from one split: vision, audio",
+        "disjoint SM partitions from one split: projector, llm",
+    ]

@@ -1,0 +1,214 @@
+"""Training throughput: plain Lightning (temporal) vs naive streams vs mosaic's plan, in one process.
+
+First ``strategy=MosaicStrategy()`` profiles the model during its warmup steps and makes a plan
+(its profile, plan and timeline land in ``--out``'s folder). Then, in interleaved rounds (the order
+rotates every round, so drift of the machine hits every variant alike), each variant trains the same
+model on the same data:
+
+- ``temporal``: plain Lightning, every module one after another;
+- ``naive``: every module on its own CUDA stream, no SM quotas (``plan="concurrent", backend="streams"``);
+- ``mosaic``: the plan made above (SM quotas, phases, micro-batches), applied from the first step.
+
+Steps are timed from ``on_train_batch_start`` to ``on_train_batch_end`` (GPU synchronised at both
+ends) after untimed warmup steps. Prints samples/s and the ratios against temporal, the plan,
+predicted vs measured step times, the bound of DESIGN.md (max of the critical path at full GPU and
+total SM-seconds / SMs) and the green-context SMs requested vs granted, and writes it all as JSON.
+
+    python benchmarks/bench_train.py --size small --batch-size 64 --out benchmarks/results/x/bench.json
+    python benchmarks/bench_train.py --smoke     # CPU, tiny model, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_mosaic import MosaicStrategy
+from lightning_mosaic.demo import SIZES, DemoDataModule, DemoMultimodalModel
+from lightning_mosaic.devices import DeviceSpec
+from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.planner import Plan
+from lightning_mosaic.simulator import lower_bound
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import StepTimer, environment
+
+VARIANTS = ("temporal", "naive", "mosaic")
+
+
+def _trainer(strategy: Any, args: argparse.Namespace, steps: int, callbacks: list, root: str) -> L.Trainer:
+    return L.Trainer(
+        strategy=strategy,
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        callbacks=callbacks,
+    )
+
+
+def _data(args: argparse.Namespace, steps: int) -> DemoDataModule:
+    return DemoDataModule(args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
+
+
+def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrategy]:
+    """Profile and plan through ``MosaicStrategy()`` as a user would.
+
+    The strategy writes ``mosaic_profile.json``, ``mosaic_plan.json`` and ``mosaic_plan.png`` to ``folder``.
+    """
+    L.seed_everything(0, verbose=False)
+    strategy = MosaicStrategy(
+        backend="cpu" if args.accelerator == "cpu" else "auto",  # on a CPU: the thread-quota rehearsal
+        profile=folder / "mosaic_profile.json",
+        warmup_steps=args.profile_warmup,
+        profile_seconds=args.profile_seconds,
+    )
+    steps = args.profile_warmup + 2
+    model = DemoMultimodalModel(args.size)
+    _trainer(strategy, args, steps, [], str(folder)).fit(model, _data(args, steps))
+    assert strategy.plan is not None and strategy.planned
+    return strategy.plan, strategy
+
+
+def run(variant: str, plan: Plan, args: argparse.Namespace) -> tuple[list[float], MosaicStrategy | None]:
+    L.seed_everything(0, verbose=False)
+    strategy: Any = "auto"
+    if variant == "naive":
+        strategy = MosaicStrategy(plan="concurrent", backend="streams")
+    elif variant == "mosaic":
+        strategy = MosaicStrategy(plan=plan)
+    steps = args.warmup + args.steps
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as root:
+        _trainer(strategy, args, steps, [timer], root).fit(DemoMultimodalModel(args.size), _data(args, steps))
+    return timer.times[args.warmup :], strategy if variant != "temporal" else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", choices=("demo",), help="the model (default: demo)")
+    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="model size (default: small)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per variant and round (default: 20)"
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per run (default: 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (default: gpu if present)")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--profile-warmup", type=int, default=3, help="plain steps before profiling")
+    parser.add_argument("--profile-seconds", type=float, default=60.0, help="time budget of the profile")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: a quick check")
+    parser.add_argument("--out", type=Path, help="JSON file; the profile, plan and timeline go beside it")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.accelerator, args.size, args.batch_size = "cpu", "tiny", 8
+        args.steps, args.warmup, args.rounds = 3, 1, 1
+        args.profile_warmup, args.profile_seconds = 1, 10.0
+    if args.accelerator == "auto":
+        args.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if min(args.steps, args.rounds, args.batch_size, args.warmup, args.profile_warmup) < 1:
+        parser.error("--steps, --rounds, --batch-size, --warmup and --profile-warmup must be >= 1")
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.out.parent if args.out else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        plan, planner = make_plan(args, folder)
+        print(plan.describe(), file=sys.stderr)
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        rounds, grants, notes = [], {}, []
+        for r in range(args.rounds):
+            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            medians = {}
+            for variant in order:
+                measured, strategy = run(variant, plan, args)
+                times[variant] += measured
+                medians[variant] = statistics.median(measured)
+                if variant == "mosaic" and strategy is not None:
+                    backend = strategy.engine.backend
+                    grants = {u: vars(g) for u, g in backend.grants.items()}
+                    notes = [backend.describe()]
+            rounds.append(medians)
+            print(
+                f"round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{v} {medians[v] * 1e3:.2f} ms/step" for v in VARIANTS),
+                file=sys.stderr,
+            )
+        result = _result(args, device, plan, planner, times, rounds, grants, notes)
+    _print(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return result
+
+
+def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
+    step = {v: statistics.median(times[v]) for v in VARIANTS}
+    result: dict[str, Any] = {
+        "benchmark": "bench_train",
+        **environment(device),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "step_s": step,
+        "samples_per_s": {v: args.batch_size / step[v] for v in VARIANTS},
+        "speedup_vs_temporal": {v: step["temporal"] / step[v] for v in VARIANTS},
+        "mosaic_over_naive": step["naive"] / step["mosaic"],
+        "rounds": rounds,
+        "plan": plan.to_dict(),
+        "plan_description": plan.describe(),
+        "predicted_step_s": plan.predicted_step_s,
+        "predicted_temporal_s": plan.predicted_temporal_s,
+        "measured_over_predicted": step["mosaic"] / plan.predicted_step_s if plan.predicted_step_s else None,
+        "grants": grants,
+        "backend": notes,
+    }
+    profiler = planner.profiler
+    if profiler is not None and profiler.perf_model is not None and profiler.profile is not None:
+        model, profile = profiler.perf_model, profiler.profile
+        graph = planner.graph or ModuleGraph.from_dict(profile.graph)
+        spec = DeviceSpec.from_current(device)
+        if model.capacity == spec.sm_count:
+            bound = lower_bound(graph, model, profile.batch_size, plan.micro_batches, spec.quotas())
+            result["bound_step_s"] = bound
+            result["bound_speedup"] = (plan.predicted_temporal_s or 0) / bound if bound else None
+        result["perfmodel_mape"] = model.score()
+    return result
+
+
+def _print(result: dict) -> None:
+    s, sp = result["samples_per_s"], result["speedup_vs_temporal"]
+    print(
+        f"{result['device']}: samples/s temporal {s['temporal']:.1f}, naive {s['naive']:.1f}"
+        f" ({sp['naive']:.3f}x), mosaic {s['mosaic']:.1f} ({sp['mosaic']:.3f}x);"
+        f" mosaic/naive {result['mosaic_over_naive']:.3f}"
+    )
+    if result["predicted_step_s"]:
+        print(
+            f"mosaic step measured {result['step_s']['mosaic'] * 1e3:.2f} ms vs predicted"
+            f" {result['predicted_step_s'] * 1e3:.2f} ms (x{result['measured_over_predicted']:.2f});"
+            f" temporal measured {result['step_s']['temporal'] * 1e3:.2f} ms vs predicted"
+            f" {(result['predicted_temporal_s'] or 0) * 1e3:.2f} ms"
+        )
+    if result.get("bound_speedup"):
+        print(
+            f"bound: {result['bound_step_s'] * 1e3:.2f} ms per step, at most {result['bound_speedup']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
