@@ -8,6 +8,7 @@ one after another, which is what plain PyTorch does.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ class Plan:
     predicted_temporal_s: float | None = None
     predicted_peak_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    lookahead: list[str] = field(default_factory=list)  # frozen units computed one step ahead
 
     def __post_init__(self) -> None:
         if (
@@ -70,6 +72,13 @@ class Plan:
                 if name in seen:
                     raise ValueError(f"module {name!r} appears in phase {seen[name]} and in phase {index}")
                 seen[name] = index
+        unknown = [name for name in self.lookahead if name not in seen]
+        if unknown:
+            raise ValueError(f"lookahead names {unknown}, which are in no phase of the plan")
+        if self.lookahead and self.micro_batches != 1:
+            raise ValueError(
+                f"lookahead {self.lookahead} needs whole batches, not {self.micro_batches} micro-batches"
+            )
 
     @property
     def modules(self) -> list[str]:
@@ -128,6 +137,10 @@ class Plan:
             lines.append(line)
         if self.predicted_peak_bytes is not None:
             lines.append(f"  predicted peak memory {self.predicted_peak_bytes / 2**30:.2f} GiB")
+        if self.lookahead:
+            lines.append(
+                f"  one step ahead (frozen, overlapping the previous step): {', '.join(self.lookahead)}"
+            )
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -142,6 +155,7 @@ class Plan:
             "predicted_temporal_s": self.predicted_temporal_s,
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "notes": list(self.notes),
+            "lookahead": list(self.lookahead),
         }
 
     @classmethod
@@ -158,6 +172,7 @@ class Plan:
             predicted_temporal_s=data.get("predicted_temporal_s"),
             predicted_peak_bytes=data.get("predicted_peak_bytes"),
             notes=list(data.get("notes", [])),
+            lookahead=list(data.get("lookahead", [])),
         )
 
     def to_json(self) -> str:
@@ -240,7 +255,9 @@ def plan(
     ``batch_size`` up to ``max_micro_batches`` are searched. ``method="heuristic"`` is a local
     search from three starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every
     split (the reference; small instances only). The predicted activations must fit
-    ``MEMORY_HEADROOM`` of the device's memory. When the best plan is less than ``MIN_GAIN``
+    ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (no backward pass, inputs from the
+    batch only) may also run one step ahead (``Plan.lookahead``; whole batches only): that variant
+    is searched too. When the best plan is less than ``MIN_GAIN``
     faster than the temporal plan, the temporal plan is returned (with its predictions).
     """
     from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
@@ -261,15 +278,20 @@ def plan(
     levels = graph.levels()
     options = device.quotas()
     cache: dict[tuple, tuple[float, int]] = {}
-    specs: dict[int, Any] = {}  # the task graph of each micro-batch count
+    specs: dict[tuple, Any] = {}  # the task graph of each (micro-batch count, lookahead)
+    # Frozen sources (no backward, inputs from the batch only) may run one step ahead, whole batches only.
+    frozen = tuple(
+        m for m in graph.topological_order() if not graph.inputs[m] and not perf_model.backward.get(m, True)
+    )
+    variants = [(k, ()) for k in counts] + ([(1, frozen)] if frozen and 1 in counts else [])
 
-    def evaluate(k: int, quotas: tuple[int, ...]) -> tuple[float, int]:
-        key = (k, quotas)
+    def evaluate(k: int, quotas: tuple[int, ...], ahead: tuple[str, ...] = ()) -> tuple[float, int]:
+        key = (k, ahead, quotas)
         if key not in cache:
-            candidate = _make_plan(levels, quotas, k, device)
-            if k not in specs:
-                specs[k] = _tasks(graph, perf_model, k)
-            timeline = _simulate(graph, perf_model, candidate, batch_size, specs[k])
+            candidate = _make_plan(levels, quotas, k, device, ahead)
+            if (k, ahead) not in specs:
+                specs[(k, ahead)] = _tasks(graph, perf_model, k, frozenset(ahead))
+            timeline = _simulate(graph, perf_model, candidate, batch_size, specs[(k, ahead)])
             cache[key] = (
                 timeline.step_s if timeline.peak_bytes <= budget else float("inf"),
                 timeline.peak_bytes,
@@ -281,14 +303,15 @@ def plan(
         for level in levels
         for m in level
     ]
-    best: tuple[float, int, tuple[int, ...]] | None = None
-    for k in counts:
+    best: tuple[float, int, tuple[int, ...], tuple[str, ...]] | None = None
+    for k, ahead in variants:
+        score = functools.partial(_with_ahead, evaluate, ahead)
         if method == "exhaustive":
-            found = _exhaustive(levels, options, device, k, evaluate)
+            found = _exhaustive(levels, options, device, k, score)
         else:
-            found = _local_search(levels, options, device, k, evaluate, alone)
+            found = _local_search(levels, options, device, k, score, alone)
         if found is not None and (best is None or found[0] < best[0]):
-            best = (found[0], k, found[1])
+            best = (found[0], k, found[1], ahead)
     base = temporal_plan(graph, "cpu")
     base_timeline = simulate(graph, perf_model, base, batch_size)
     base.device = device.name
@@ -322,13 +345,17 @@ def plan(
                 f" exceed {MEMORY_HEADROOM:.0%} of {device.name}'s memory"
             )
         return base
-    step, k, quotas = best
-    chosen = _make_plan(levels, quotas, k, device)
+    step, k, quotas, ahead = best
+    chosen = _make_plan(levels, quotas, k, device, ahead)
     chosen.method = method
     chosen.predicted_step_s = step
     chosen.predicted_temporal_s = base_timeline.step_s
-    chosen.predicted_peak_bytes = cache[(k, quotas)][1]
+    chosen.predicted_peak_bytes = cache[(k, ahead, quotas)][1]
     return chosen
+
+
+def _with_ahead(evaluate: Any, ahead: tuple[str, ...], k: int, quotas: tuple[int, ...]) -> tuple[float, int]:
+    return evaluate(k, quotas, ahead)
 
 
 class _Memo:
@@ -387,12 +414,14 @@ def _fitting(
     )
 
 
-def _make_plan(levels: list[list[str]], quotas: tuple[int, ...], k: int, device: Any) -> Plan:
+def _make_plan(
+    levels: list[list[str]], quotas: tuple[int, ...], k: int, device: Any, ahead: tuple[str, ...] = ()
+) -> Plan:
     flat = iter(quotas)
     phases = [
         Phase({m: (None if (q := next(flat)) >= device.sm_count else q) for m in level}) for level in levels
     ]
-    return Plan(phases=phases, micro_batches=k, device=device.name)
+    return Plan(phases=phases, micro_batches=k, device=device.name, lookahead=list(ahead))
 
 
 def _exhaustive(levels, options, device, k, evaluate):

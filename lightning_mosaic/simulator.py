@@ -12,6 +12,10 @@ step). A task starts when
   micro-batch order, then its backwards in micro-batch order);
 - its quota fits: the quotas of running tasks never add up to more than the device's SMs.
 
+A frozen unit the plan computes one step ahead (``plan.lookahead``) still runs its forward tasks
+in the step (for the next step), but nobody waits for them: its outputs for this step were made
+during the previous one.
+
 Ready tasks start greedily in issue order (forwards of micro-batch 0, 1, ..., then backwards),
 a later one starting first when an earlier one does not fit. The step time is the last task's end.
 Memory: a forward task holds its unit's activation memory for ``batch_size / k`` samples from its
@@ -111,7 +115,10 @@ class _Tasks:
     deps: list[list[int]]
 
 
-def _tasks(graph: ModuleGraph, perf_model: PerfModel, micro_batches: int) -> _Tasks:
+def _tasks(
+    graph: ModuleGraph, perf_model: PerfModel, micro_batches: int, ahead: frozenset[str] = frozenset()
+) -> _Tasks:
+    """The tasks and their dependencies; units in ``ahead`` (one step ahead) gate nobody this step."""
     order = graph.topological_order()
     backward = {m: perf_model.backward.get(m, True) for m in order}
     keys: list[tuple[str, str, int]] = [(m, "forward", i) for i in range(micro_batches) for m in order]
@@ -121,9 +128,9 @@ def _tasks(graph: ModuleGraph, perf_model: PerfModel, micro_batches: int) -> _Ta
     last: dict[str, int] = {}
     for n, (m, pass_, i) in enumerate(keys):
         if pass_ == "forward":
-            need = [index[(p, "forward", i)] for p in graph.inputs[m]]
+            need = [index[(p, "forward", i)] for p in graph.inputs[m] if p not in ahead]
         else:
-            need = [index[(x, "forward", i)] for x in order]
+            need = [index[(x, "forward", i)] for x in order if x not in ahead]
             need += [index[(c, "backward", i)] for c in graph.consumers(m) if backward[c]]
         if m in last:
             need.append(last[m])
@@ -156,7 +163,8 @@ def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: in
 def simulate(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int) -> Timeline:
     """Place every task of one step under ``plan`` in time; see the module docstring."""
     _check(graph, perf_model, plan, batch_size)
-    return _simulate(graph, perf_model, plan, batch_size, _tasks(graph, perf_model, plan.micro_batches))
+    spec = _tasks(graph, perf_model, plan.micro_batches, frozenset(plan.lookahead))
+    return _simulate(graph, perf_model, plan, batch_size, spec)
 
 
 def _simulate(
@@ -228,16 +236,21 @@ def _simulate(
 
 
 def lower_bound(
-    graph: ModuleGraph, perf_model: PerfModel, batch_size: int, micro_batches: int, quotas: list[int]
+    graph: ModuleGraph,
+    perf_model: PerfModel,
+    batch_size: int,
+    micro_batches: int,
+    quotas: list[int],
+    ahead: frozenset[str] | list[str] = frozenset(),
 ) -> float:
     """No schedule of the step with ``micro_batches`` can be shorter than this.
 
     The larger of the longest chain of dependent tasks (stream order included), each at its
     fastest — on the whole device — and the least SM-seconds of all tasks over ``quotas`` spread
-    over every SM. Assumes times do not grow with the quota.
+    over every SM. Assumes times do not grow with the quota. Units in ``ahead`` run one step ahead.
     """
     capacity = perf_model.capacity
-    spec = _tasks(graph, perf_model, micro_batches)
+    spec = _tasks(graph, perf_model, micro_batches, frozenset(ahead))
     size = batch_size / micro_batches
     fastest, work = [], 0.0
     for m, p, _ in spec.keys:

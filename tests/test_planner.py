@@ -137,7 +137,7 @@ def test_plan_is_never_slower_than_temporal_nor_faster_than_the_bound(seed, modu
     temporal = simulate(graph, model, temporal_plan(graph), 8).step_s
     assert result.predicted_temporal_s == pytest.approx(temporal)
     assert result.predicted_step_s <= temporal * (1 + 1e-12)
-    bound = lower_bound(graph, model, 8, result.micro_batches, SMALL.quotas())
+    bound = lower_bound(graph, model, 8, result.micro_batches, SMALL.quotas(), result.lookahead)
     assert result.predicted_step_s >= bound * (1 - 1e-9)
     assert simulate(graph, model, result, 8).step_s == pytest.approx(result.predicted_step_s)
     for phase in result.phases:  # co-running quotas fit the device, on its granularity
@@ -202,3 +202,20 @@ def test_errors_carry_the_numbers():
         plan(graph, model, DeviceSpec.preset("h100"), 8)
     with pytest.raises(ValueError, match=r"no data for modules \['b'\]"):
         plan(graph, PerfModel.from_function(lambda *a: 1.0, modules=["a"], capacity=16), SMALL, 8)
+
+
+def test_a_slow_frozen_encoder_runs_one_step_ahead():
+    graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]})
+    model = PerfModel.from_function(
+        saturating({"vision": 0.5, "llm": 1.5}),
+        modules=["vision", "llm"],
+        capacity=16,
+        backward={"vision": False},
+    )
+    result = plan(graph, model, SMALL, 8, method="exhaustive")
+    assert result.lookahead == ["vision"] and result.micro_batches == 1
+    timeline = simulate(graph, model, result, 8)
+    llm_forward = next(t for t in timeline.tasks if t.module == "llm" and t.pass_ == "forward")
+    assert llm_forward.start == 0.0, "the llm does not wait for this step's vision output"
+    assert result.predicted_step_s < 0.7 * result.predicted_temporal_s
+    assert plan(graph, model, SMALL, 8, method="heuristic").lookahead == ["vision"]

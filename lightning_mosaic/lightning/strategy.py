@@ -58,6 +58,7 @@ from lightning_mosaic.engine.backends import check_backend
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph, trace
 from lightning_mosaic.lightning.callback import PROFILE_FILE, MosaicProfiler
+from lightning_mosaic.lightning.lookahead import Lookahead
 from lightning_mosaic.lightning.microsteps import run_micro_steps
 from lightning_mosaic.planner import Plan, concurrent_plan, device_name, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
@@ -175,6 +176,7 @@ class MosaicStrategy(ParallelStrategy):
         self._checkpoint_plan: dict[str, Any] | None = None
         self._announced: Plan | None = None
         self._own_profiler = False
+        self.lookahead: Lookahead | None = None
 
     # ------------------------------------------------------------------ placement and processes
 
@@ -369,6 +371,8 @@ class MosaicStrategy(ParallelStrategy):
         )
 
     def teardown(self) -> None:
+        if self.lookahead is not None:
+            self.lookahead.detach()  # kept for its counts
         self.engine.detach()
         pl_module = self.lightning_module
         if isinstance(self.model, DistributedDataParallel):
@@ -484,6 +488,9 @@ class MosaicStrategy(ParallelStrategy):
         """(Re)attach the engine: the plan's backend, quotas and phases, or inline while none is final."""
         if self.engine.attached:
             self.engine.detach()
+        if self.lookahead is not None:
+            self.lookahead.detach()
+            self.lookahead = None
         device = self.root_device
         sm_count = (
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
@@ -507,6 +514,9 @@ class MosaicStrategy(ParallelStrategy):
         else:  # warmup of plan="auto", or plan="temporal": plain
             backend = make_backend("none", device)
         self.engine.attach(self.units, backend=backend, quotas=quotas, device=device, groups=groups)
+        if self.planned and self.plan is not None and self.plan.lookahead:
+            self.lookahead = Lookahead(self.units, self.plan.lookahead, self.engine)
+            self.lookahead.attach()
 
     def _should_trace(self, stage: str) -> bool:
         if self.graph is not None or not self.units:
@@ -572,11 +582,13 @@ class MosaicStrategy(ParallelStrategy):
         super().on_train_batch_start(batch, batch_idx)
         profiler = self.profiler
         if self.planned or profiler is None or profiler.profile is None:
+            self._look_ahead(batch, batch_idx)
             return
         graph = self.graph
         if graph is None and profiler.profile.graph is not None:
             graph = ModuleGraph.from_dict(profiler.profile.graph)
         if graph is None:
+            self._look_ahead(batch, batch_idx)
             return  # the first step traces it
         data = None
         if self.is_global_zero:
@@ -585,6 +597,11 @@ class MosaicStrategy(ParallelStrategy):
         self.plan, self.planned = Plan.from_dict(data), True
         self._engage()
         self._announce(graph)
+        self._look_ahead(batch, batch_idx)
+
+    def _look_ahead(self, batch: Any, batch_idx: int) -> None:
+        if self.lookahead is not None:
+            self.lookahead.step(self.lightning_module.trainer, batch, batch_idx)
 
     def _search(self, profiler: MosaicProfiler, graph: ModuleGraph) -> Plan:
         """The plan for ``graph`` from the profiler's performance model (rank 0); temporal when none fits."""
@@ -645,9 +662,13 @@ class MosaicStrategy(ParallelStrategy):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         k = self.active_micro_batches
-        if k <= 1 or not args:
-            return self._run_step("train", super().training_step, *args, **kwargs)
-        return self._run_step("train", self._micro_training_step, k, *args, **kwargs)
+        try:
+            if k <= 1 or not args:
+                return self._run_step("train", super().training_step, *args, **kwargs)
+            return self._run_step("train", self._micro_training_step, k, *args, **kwargs)
+        finally:
+            if self.lookahead is not None:
+                self.lookahead.end_step()
 
     def _micro_training_step(self, k: int, *args: Any, **kwargs: Any) -> Any:
         """``training_step`` on ``k`` micro-batches, inside one forward of the DDP wrapper if there is one."""
@@ -722,6 +743,9 @@ def _check_plan_units(plan: Plan, units: list[str]) -> None:
 
 
 def _set_micro_batches(plan: Plan, k: int) -> None:
+    if plan.lookahead and k != 1:
+        plan.notes.append(f"micro_batches={k} given: {', '.join(plan.lookahead)} not computed one step ahead")
+        plan.lookahead = []
     if plan.micro_batches != k:
         plan.notes.append(
             f"micro_batches={k} given: {k} micro-batches instead of the plan's {plan.micro_batches}"
