@@ -33,6 +33,22 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def quiet_trainer(strategy: Any, accelerator: str, precision: str, steps: int, **kwargs: Any) -> L.Trainer:
+    """One device, ``steps`` training steps, no logger, checkpoints, progress bar or validation."""
+    options: dict[str, Any] = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    options.update(kwargs)
+    return L.Trainer(
+        strategy=strategy, accelerator=accelerator, devices=1, precision=precision, max_steps=steps, **options
+    )
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Date, device and versions, for the head of a result file."""
     info: dict[str, Any] = {

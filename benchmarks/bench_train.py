@@ -39,26 +39,14 @@ from lightning_mosaic.planner import Plan
 from lightning_mosaic.simulator import lower_bound
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import StepTimer, environment
+from _timing import StepTimer, environment, quiet_trainer
 
 VARIANTS = ("temporal", "naive", "mosaic")
 
 
 def _trainer(strategy: Any, args: argparse.Namespace, steps: int, callbacks: list, root: str) -> L.Trainer:
-    return L.Trainer(
-        strategy=strategy,
-        accelerator=args.accelerator,
-        devices=1,
-        precision=args.precision,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-        callbacks=callbacks,
+    return quiet_trainer(
+        strategy, args.accelerator, args.precision, steps, default_root_dir=root, callbacks=callbacks
     )
 
 

@@ -26,7 +26,7 @@ from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import StepTimer, environment
+from _timing import StepTimer, environment, quiet_trainer
 
 
 def run(variant: str, args: argparse.Namespace) -> list[float]:
@@ -35,19 +35,8 @@ def run(variant: str, args: argparse.Namespace) -> list[float]:
     steps = args.warmup + args.steps
     data = DemoDataModule(args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
     timer = StepTimer()
-    trainer = L.Trainer(
-        strategy=MosaicStrategy(plan=args.plan) if variant == "mosaic" else "auto",
-        accelerator=args.accelerator,
-        devices=1,
-        precision=args.precision,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    strategy = MosaicStrategy(plan=args.plan) if variant == "mosaic" else "auto"
+    trainer = quiet_trainer(strategy, args.accelerator, args.precision, steps, callbacks=[timer])
     trainer.fit(model, data)
     return timer.times[args.warmup :]
 
