@@ -52,7 +52,7 @@ class _Attr(str):
 
 
 class Lookahead:
-    """Runs the plan's lookahead units one step ahead for ``strategy``; see the module docstring.
+    """Runs the plan's lookahead units one step ahead of the training loop; see the module docstring.
 
     ``hits`` counts the calls served from a prefetched output, ``prefetched`` the prefetches made.
     """
@@ -92,14 +92,15 @@ class Lookahead:
         if overridden:
             self._refuse_all(f"{type(module).__name__} overrides {', '.join(overridden)}")
             return
+        learned = {name: r for name in self.units if (r := self._recipes.get(name)) is not None}
+        if not learned:
+            return  # the first step learns where the inputs come from
         upcoming = _next_batch(trainer)
         if upcoming is None:
             return  # the epoch's last batch, or a fetcher without a look at the next batch
         key = (trainer.current_epoch, batch_idx + 1)
-        for name in self.units:
-            recipe = self._recipes.get(name)
-            if recipe is not None:
-                self._prefetch(trainer, name, recipe, upcoming, key)
+        for name, recipe in learned.items():
+            self._prefetch(trainer, name, recipe, upcoming, key)
 
     def end_step(self) -> None:
         self._batch = self._key = None

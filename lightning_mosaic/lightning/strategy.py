@@ -460,12 +460,14 @@ class MosaicStrategy(ParallelStrategy):
             self.graph, self.plan, self.planned = None, None, False  # another model or selection
             self._units_key = key
         restored, self._checkpoint_plan = self._checkpoint_plan, None
-        if restored is not None:
+        if restored is not None and self.plan_source == "auto":  # a plan given by hand wins
             self._restore(Plan.from_dict(restored))
         elif isinstance(self.plan_source, Plan) and not self.planned:
-            self.plan, self.planned = self.plan_source, True
+            self.plan, self.planned = Plan.from_dict(self.plan_source.to_dict()), True  # a copy
         if self.planned and self.plan is not None:
             _check_plan_units(self.plan, list(self.units))
+            if isinstance(self.micro_batches, int):
+                _set_micro_batches(self.plan, self.micro_batches)
         self._engage()
 
     def _restore(self, plan: Plan) -> None:
