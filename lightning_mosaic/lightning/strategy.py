@@ -277,7 +277,7 @@ class MosaicStrategy(ParallelStrategy):
         return ddp
 
     def _allreduce_after_units(self) -> Callable[[Any, Any], Any]:
-        """A DDP comm hook: all-reduce a bucket only after every unit stream's queued work.
+        """A DDP comm hook: all-reduce a bucket only after every unit (and lane) stream's queued work.
 
         DDP copies each gradient into its bucket on the stream current when the gradient is ready
         (a unit's stream in backward) and starts the all-reduce after the current stream alone, so
@@ -288,9 +288,11 @@ class MosaicStrategy(ParallelStrategy):
         engine = self.engine
 
         def hook(state: Any, bucket: Any) -> Any:
-            if engine.backend.concurrent:
+            backend = engine.backend
+            if backend.concurrent:
                 current = torch.cuda.current_stream()
-                for stream in engine.backend.streams.values():
+                # Unit streams, and the lanes of micro-batch steps (code outside units may use parameters).
+                for stream in [*backend.streams.values(), *getattr(backend, "lanes", {}).values()]:
                     if stream != current:
                         current.wait_stream(stream)
             return allreduce_hook(state, bucket)
