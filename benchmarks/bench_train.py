@@ -1,5 +1,7 @@
 """Training throughput: plain Lightning (temporal) vs naive streams vs mosaic's plan, in one process.
 
+The model is the demo model (``--model demo``) or a zoo model (``vlm``, ``avlm``, ``bind``).
+
 First ``strategy=MosaicStrategy()`` profiles the model during its warmup steps and makes a plan
 (its profile, plan and timeline land in ``--out``'s folder). Then, in interleaved rounds (the order
 rotates every round, so drift of the machine hits every variant alike), each variant trains the same
@@ -15,6 +17,7 @@ predicted vs measured step times, the bound of DESIGN.md (max of the critical pa
 total SM-seconds / SMs) and the green-context SMs requested vs granted, and writes it all as JSON.
 
     python benchmarks/bench_train.py --size small --batch-size 64 --out benchmarks/results/x/bench.json
+    python benchmarks/bench_train.py --model avlm --size edge --batch-size 8
     python benchmarks/bench_train.py --smoke     # CPU, tiny model, under a minute
 """
 
@@ -37,11 +40,13 @@ from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.planner import Plan
 from lightning_mosaic.simulator import lower_bound
+from lightning_mosaic.zoo.sizes import SIZES as ZOO_SIZES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import StepTimer, environment, quiet_trainer
 
 VARIANTS = ("temporal", "naive", "mosaic")
+MODELS = ("demo", "vlm", "avlm", "bind")
 
 
 def _trainer(strategy: Any, args: argparse.Namespace, steps: int, callbacks: list, root: str) -> L.Trainer:
@@ -50,8 +55,20 @@ def _trainer(strategy: Any, args: argparse.Namespace, steps: int, callbacks: lis
     )
 
 
-def _data(args: argparse.Namespace, steps: int) -> DemoDataModule:
-    return DemoDataModule(args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
+def _data(args: argparse.Namespace, steps: int) -> Any:
+    if args.model == "demo":
+        return DemoDataModule(args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
+    from lightning_mosaic import zoo
+
+    return zoo.data(args.model, args.size, batch_size=args.batch_size, num_samples=steps * args.batch_size)
+
+
+def _model(args: argparse.Namespace) -> L.LightningModule:
+    if args.model == "demo":
+        return DemoMultimodalModel(args.size)
+    from lightning_mosaic import zoo
+
+    return zoo.build(args.model, args.size)
 
 
 def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrategy]:
@@ -67,8 +84,7 @@ def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrat
         profile_seconds=args.profile_seconds,
     )
     steps = args.profile_warmup + 2
-    model = DemoMultimodalModel(args.size)
-    _trainer(strategy, args, steps, [], str(folder)).fit(model, _data(args, steps))
+    _trainer(strategy, args, steps, [], str(folder)).fit(_model(args), _data(args, steps))
     assert strategy.plan is not None and strategy.planned
     return strategy.plan, strategy
 
@@ -83,14 +99,18 @@ def run(variant: str, plan: Plan, args: argparse.Namespace) -> tuple[list[float]
     steps = args.warmup + args.steps
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as root:
-        _trainer(strategy, args, steps, [timer], root).fit(DemoMultimodalModel(args.size), _data(args, steps))
+        _trainer(strategy, args, steps, [timer], root).fit(_model(args), _data(args, steps))
     return timer.times[args.warmup :], strategy if variant != "temporal" else None
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=("demo",), help="the model (default: demo)")
-    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="model size (default: small)")
+    parser.add_argument(
+        "--model", default="demo", choices=MODELS, help="the demo model or a zoo model (default: demo)"
+    )
+    parser.add_argument(
+        "--size", help=f"demo: {', '.join(SIZES)} (default small); zoo: {', '.join(ZOO_SIZES)} (default edge)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--steps", type=int, default=20, help="timed steps per variant and round (default: 20)"
@@ -104,12 +124,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: a quick check")
     parser.add_argument("--out", type=Path, help="JSON file; the profile, plan and timeline go beside it")
     args = parser.parse_args(argv)
+    sizes = SIZES if args.model == "demo" else ZOO_SIZES
+    if args.size is None:
+        args.size = "small" if args.model == "demo" else "edge"
     if args.smoke:
         args.accelerator, args.size, args.batch_size = "cpu", "tiny", 8
         args.steps, args.warmup, args.rounds = 3, 1, 1
         args.profile_warmup, args.profile_seconds = 1, 10.0
     if args.accelerator == "auto":
         args.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.size not in sizes:
+        parser.error(f"--size {args.size!r} is not a size of {args.model}: {', '.join(sizes)}")
     if min(args.steps, args.rounds, args.batch_size, args.warmup, args.profile_warmup) < 1:
         parser.error("--steps, --rounds, --batch-size, --warmup and --profile-warmup must be >= 1")
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")

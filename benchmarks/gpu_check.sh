@@ -10,13 +10,13 @@
 # Every section together takes more than 7 minutes; pick sections to stay within a budget:
 #   bash benchmarks/gpu_check.sh                      # every section
 #   bash benchmarks/gpu_check.sh tests overhead train # only these sections (about 6 minutes)
-# Sections: environment accuracy plan engine tests overhead train racecheck (environment always runs).
+# Sections: environment accuracy plan engine tests overhead train zoo racecheck (environment always runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SECTIONS=${*:-accuracy plan engine tests overhead train racecheck}
+SECTIONS=${*:-accuracy plan engine tests overhead train zoo racecheck}
 wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 status=0
 
@@ -89,6 +89,15 @@ if wanted train; then
         mkdir -p "$OUT/train-medium-b$batch"
         timeout 150 python benchmarks/bench_train.py --size medium --batch-size "$batch" --steps 15 --rounds 3 \
             --profile-seconds 40 --out "$OUT/train-medium-b$batch/bench.json" || status=1
+    done
+fi
+
+# The zoo at edge size: the same comparison per model (shorter rounds), one folder each.
+if wanted zoo; then
+    for model in vlm avlm bind; do
+        mkdir -p "$OUT/zoo-$model-edge-b8"
+        timeout 150 python benchmarks/bench_train.py --model "$model" --size edge --batch-size 8 --steps 10 \
+            --rounds 2 --profile-seconds 30 --out "$OUT/zoo-$model-edge-b8/bench.json" || status=1
     done
 fi
 

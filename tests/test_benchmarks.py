@@ -6,6 +6,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -46,9 +48,11 @@ def test_planner_quality_benchmark_writes_json(tmp_path):
     assert saved["speed_8_modules_h100"]["plan"]["device"] == "NVIDIA H100 80GB HBM3"
 
 
-def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path):
+@pytest.mark.parametrize("model", ["demo", "avlm"])
+def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path, model):
     main = runpy.run_path(str(BENCHMARKS / "bench_train.py"))["main"]
-    result = main(["--smoke", "--out", str(tmp_path / "bench.json")])
+    result = main(["--smoke", "--model", model, "--out", str(tmp_path / "bench.json")])
+    assert result["config"]["model"] == model
     assert set(result["samples_per_s"]) == {"temporal", "naive", "mosaic"}
     assert all(v > 0 for v in result["samples_per_s"].values())
     assert result["plan"]["micro_batches"] >= 1 and result["predicted_step_s"] > 0

@@ -470,6 +470,16 @@ class MosaicStrategy(ParallelStrategy):
             _check_plan_units(self.plan, list(self.units))
             if isinstance(self.micro_batches, int):
                 _set_micro_batches(self.plan, self.micro_batches)
+        cap = _micro_batch_cap(lightning_module)
+        asked = self.micro_batches if isinstance(self.micro_batches, int) else None
+        if asked is None and self.planned and self.plan is not None:
+            asked = self.plan.micro_batches
+        if cap is not None and asked is not None and asked > cap:
+            raise ValueError(
+                f"{asked} micro-batches per step asked for, but {type(lightning_module).__name__} sets"
+                f" mosaic_max_micro_batches = {cap} (its loss couples the samples of a batch, so splitting it"
+                " would change the numbers)"
+            )
         self._engage()
 
     def _restore(self, plan: Plan) -> None:
@@ -617,12 +627,14 @@ class MosaicStrategy(ParallelStrategy):
             reason = "no performance model could be fitted to the profile (see the warning above)"
         else:
             try:
+                cap = _micro_batch_cap(self.lightning_module)
                 chosen = search_plan(
                     graph,
                     model,
                     DeviceSpec.from_current(self.root_device),
                     profile.batch_size,
                     micro_batches=explicit,
+                    **({} if cap is None else {"max_micro_batches": cap}),
                 )
             except ValueError as err:
                 reason = f"the planner found no plan: {err}"
@@ -744,6 +756,16 @@ def _check_plan_units(plan: Plan, units: list[str]) -> None:
             f"the plan is for modules {plan.modules} but the strategy's units are {units}; make the plan for"
             " this model (or pass modules= to match it)"
         )
+
+
+def _micro_batch_cap(module: Any) -> int | None:
+    """The LightningModule's ``mosaic_max_micro_batches`` (None: no limit), checked."""
+    cap = getattr(module, "mosaic_max_micro_batches", None)
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(
+            f"{type(module).__name__}.mosaic_max_micro_batches = {cap!r}; it must be a whole number >= 1"
+        )
+    return cap
 
 
 def _set_micro_batches(plan: Plan, k: int) -> None:
