@@ -52,7 +52,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_mosaic._files import write_text
 from lightning_mosaic._logging import get_logger, warn_once
-from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.engine import Backend, Engine, make_backend
 from lightning_mosaic.engine.backends import check_backend
 from lightning_mosaic.engine.green import check_quotas
@@ -60,8 +59,14 @@ from lightning_mosaic.graph import ModuleGraph, trace
 from lightning_mosaic.lightning.callback import PROFILE_FILE, MosaicProfiler
 from lightning_mosaic.lightning.lookahead import Lookahead
 from lightning_mosaic.lightning.microsteps import run_micro_steps
+from lightning_mosaic.pipeline import (
+    check_plan_units,
+    choose_plan,
+    engine_arguments,
+    micro_batch_cap,
+    set_micro_batches,
+)
 from lightning_mosaic.planner import Plan, concurrent_plan, device_name, temporal_plan
-from lightning_mosaic.planner import plan as search_plan
 from lightning_mosaic.selection import check_names, select_modules
 
 if TYPE_CHECKING:
@@ -467,10 +472,10 @@ class MosaicStrategy(ParallelStrategy):
         elif isinstance(self.plan_source, Plan) and not self.planned:
             self.plan, self.planned = Plan.from_dict(self.plan_source.to_dict()), True  # a copy
         if self.planned and self.plan is not None:
-            _check_plan_units(self.plan, list(self.units))
+            check_plan_units(self.plan, list(self.units))
             if isinstance(self.micro_batches, int):
-                _set_micro_batches(self.plan, self.micro_batches)
-        cap = _micro_batch_cap(lightning_module)
+                set_micro_batches(self.plan, self.micro_batches)
+        cap = micro_batch_cap(lightning_module)
         asked = self.micro_batches if isinstance(self.micro_batches, int) else None
         if asked is None and self.planned and self.plan is not None:
             asked = self.plan.micro_batches
@@ -506,24 +511,17 @@ class MosaicStrategy(ParallelStrategy):
             self.lookahead.detach()
             self.lookahead = None
         device = self.root_device
-        sm_count = (
-            torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
-        )
         quotas: dict[str, int] = {}
         groups = None
         if self.planned and self.plan is not None:
-            if self.plan.sequential:
-                backend = make_backend("none", device)
-            else:
-                backend = make_backend(self.backend, device)
-                wanted = {
-                    m: q for phase in self.plan.phases for m, q in phase.quotas.items() if q is not None
-                }
-                where = f"{device_name(device)} (the plan was made for {self.plan.device})"
-                quotas = check_quotas(wanted, list(self.units), sm_count, where)
-                groups = [phase.modules for phase in self.plan.phases]
+            backend, quotas, groups = engine_arguments(self.plan, list(self.units), device, self.backend)
         elif self.plan_source == "concurrent":
             backend = make_backend(self.backend, device)
+            sm_count = (
+                torch.cuda.get_device_properties(device).multi_processor_count
+                if device.type == "cuda"
+                else None
+            )
             quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
         else:  # warmup of plan="auto", or plan="temporal": plain
             backend = make_backend("none", device)
@@ -567,7 +565,7 @@ class MosaicStrategy(ParallelStrategy):
             else:
                 self.plan = temporal_plan(graph, device)  # provisional: the warmup runs plain
         if self.planned and self.plan is not None and isinstance(self.micro_batches, int):
-            _set_micro_batches(self.plan, self.micro_batches)
+            set_micro_batches(self.plan, self.micro_batches)
         if self.is_global_zero:
             pending = (
                 f"\nplan: auto; the first {self.profiler.warmup_steps} steps run plain, then the units"
@@ -619,33 +617,15 @@ class MosaicStrategy(ParallelStrategy):
 
     def _search(self, profiler: MosaicProfiler, graph: ModuleGraph) -> Plan:
         """The plan for ``graph`` from the profiler's performance model (rank 0); temporal when none fits."""
-        explicit = self.micro_batches if isinstance(self.micro_batches, int) else None
-        model, profile = profiler.perf_model, profiler.profile
-        assert profile is not None
-        reason = None
-        if model is None:
-            reason = "no performance model could be fitted to the profile (see the warning above)"
-        else:
-            try:
-                cap = _micro_batch_cap(self.lightning_module)
-                chosen = search_plan(
-                    graph,
-                    model,
-                    DeviceSpec.from_current(self.root_device),
-                    profile.batch_size,
-                    micro_batches=explicit,
-                    **({} if cap is None else {"max_micro_batches": cap}),
-                )
-            except ValueError as err:
-                reason = f"the planner found no plan: {err}"
-        if reason is not None:
-            log.warning(f"{reason}; training with the temporal plan")
-            chosen = temporal_plan(graph, self.root_device)
-            chosen.notes.append(reason)
-        chosen.device = device_name(self.root_device)
-        if explicit is not None:
-            _set_micro_batches(chosen, explicit)
-        return chosen
+        assert profiler.profile is not None
+        return choose_plan(
+            graph,
+            profiler.perf_model,
+            self.root_device,
+            profiler.profile.batch_size,
+            micro_batches=self.micro_batches if isinstance(self.micro_batches, int) else None,
+            max_micro_batches=micro_batch_cap(self.lightning_module),
+        )
 
     def _publish(self, graph: ModuleGraph | None = None) -> None:
         """Write the plan (and the profile and the timeline, when there is one) to the logger's directory."""
@@ -748,32 +728,3 @@ def _check_micro_batches(value: Any) -> int | str:
     raise ValueError(
         f"micro_batches={value!r} must be 'auto' (the plan's count) or a whole number, 1 or more"
     )
-
-
-def _check_plan_units(plan: Plan, units: list[str]) -> None:
-    if set(plan.modules) != set(units):
-        raise ValueError(
-            f"the plan is for modules {plan.modules} but the strategy's units are {units}; make the plan for"
-            " this model (or pass modules= to match it)"
-        )
-
-
-def _micro_batch_cap(module: Any) -> int | None:
-    """The LightningModule's ``mosaic_max_micro_batches`` (None: no limit), checked."""
-    cap = getattr(module, "mosaic_max_micro_batches", None)
-    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-        raise ValueError(
-            f"{type(module).__name__}.mosaic_max_micro_batches = {cap!r}; it must be a whole number >= 1"
-        )
-    return cap
-
-
-def _set_micro_batches(plan: Plan, k: int) -> None:
-    if plan.lookahead and k != 1:
-        plan.notes.append(f"micro_batches={k} given: {', '.join(plan.lookahead)} not computed one step ahead")
-        plan.lookahead = []
-    if plan.micro_batches != k:
-        plan.notes.append(
-            f"micro_batches={k} given: {k} micro-batches instead of the plan's {plan.micro_batches}"
-        )
-        plan.micro_batches = k
