@@ -19,6 +19,7 @@ from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.planner import Plan, device_name, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
+from lightning_mosaic.profile import Profile
 
 log = get_logger(__name__)
 
@@ -30,19 +31,21 @@ def choose_plan(
     batch_size: int,
     micro_batches: int | None = None,
     max_micro_batches: int | None = None,
+    allow_lookahead: bool = True,
 ) -> Plan:
     """The planner's plan for ``graph`` on ``device``, or the temporal plan with the reason in its notes.
 
     ``perf_model`` None (none could be fitted) or a planner error (nothing fits memory, a batch that
     does not split) gives the temporal plan, with a warning. ``micro_batches`` fixes the count;
-    ``max_micro_batches`` caps the search (a model whose loss couples its samples says 1).
+    ``max_micro_batches`` caps the search (a model whose loss couples its samples says 1);
+    ``allow_lookahead`` false keeps every unit in its own step.
     """
     reason = None
     chosen: Plan | None = None
     if perf_model is None:
         reason = "no performance model could be fitted to the profile (see the warning above)"
     else:
-        options: dict[str, Any] = {"micro_batches": micro_batches}
+        options: dict[str, Any] = {"micro_batches": micro_batches, "allow_lookahead": allow_lookahead}
         if max_micro_batches is not None:
             options["max_micro_batches"] = max_micro_batches
         try:
@@ -107,3 +110,24 @@ def micro_batch_cap(module: Any) -> int | None:
             f"{type(module).__name__}.mosaic_max_micro_batches = {cap!r}; it must be a whole number >= 1"
         )
     return cap
+
+
+def matching_profile(path: str, units: Any, device: torch.device) -> Profile | None:
+    """The profile in ``path`` if it was measured for these units on this device, else None.
+
+    A missing file is None; one for other units or another device is None with a warning; a
+    corrupt one raises a ``ProfileError`` naming it.
+    """
+    import os
+
+    from lightning_mosaic.profile import Profile, fingerprint
+    from lightning_mosaic.profiler import device_capacity, device_label
+
+    if not os.path.exists(path):
+        return None
+    profile = Profile.load(path)
+    reason = profile.mismatch(fingerprint(units), device_label(device), device_capacity(device))
+    if reason is not None:
+        log.warning(f"the profile in {path} does not match this run: {reason}; profiling again")
+        return None
+    return profile

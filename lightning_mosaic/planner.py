@@ -244,6 +244,7 @@ def plan(
     method: str = "heuristic",
     micro_batches: int | None = None,
     max_micro_batches: int = 8,
+    allow_lookahead: bool = True,
 ) -> Plan:
     """The deployment plan with the shortest simulated step for ``graph`` on ``device``.
 
@@ -257,8 +258,9 @@ def plan(
     split (the reference; small instances only). The predicted activations must fit
     ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (no backward pass, inputs from the
     batch only) may also run one step ahead (``Plan.lookahead``; whole batches only): that variant
-    is searched too. When the best plan is less than ``MIN_GAIN``
-    faster than the temporal plan, the temporal plan is returned (with its predictions).
+    is searched too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
+    When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the temporal plan
+    is returned (with its predictions).
     """
     from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
 
@@ -283,7 +285,9 @@ def plan(
     frozen = tuple(
         m for m in graph.topological_order() if not graph.inputs[m] and not perf_model.backward.get(m, True)
     )
-    variants = [(k, ()) for k in counts] + ([(1, frozen)] if frozen and 1 in counts else [])
+    variants = [(k, ()) for k in counts]
+    if allow_lookahead and frozen and 1 in counts:
+        variants.append((1, frozen))
 
     def evaluate(k: int, quotas: tuple[int, ...], ahead: tuple[str, ...] = ()) -> tuple[float, int]:
         key = (k, ahead, quotas)
