@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters
-
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters
 
 import lightning_mosaic.accelerate as mosaic_accelerate
 from lightning_mosaic.planner import Phase, Plan
