@@ -19,3 +19,41 @@ def test_llava_dotted_modules(capsys):
     }
     assert graph.frozen == ["model.model.vision_tower"]
     assert "Plan for cpu: temporal" in capsys.readouterr().out
+
+
+def _main(name):
+    return runpy.run_path(str(EXAMPLES / name))["main"]
+
+
+def test_train_vlm_tiny_profiles_plans_and_trains(tmp_path):
+    strategy = _main("train_vlm.py")(["--tiny", "--root", str(tmp_path)])
+    assert strategy.planned and strategy.profiler.profile is not None
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in log_dir.iterdir()}
+
+
+def test_callback_only_reports_a_plan(tmp_path, capsys):
+    report = _main("callback_only.py")(["--tiny", "--root", str(tmp_path)])
+    assert list(report) == ["cpu"] and report["cpu"].device == "cpu"
+    assert "Plan for cpu" in capsys.readouterr().out
+
+
+def test_lightning_cli_with_the_avlm_config():
+    from lightning_mosaic import MosaicStrategy
+
+    cli = _main("lightning_cli.py")(["fit", "--config", str(EXAMPLES / "config_avlm.yaml"), "--tiny"])
+    assert isinstance(cli.trainer.strategy, MosaicStrategy) and cli.trainer.global_step == 3
+    assert type(cli.model).__name__ == "AudioVisionLanguageModel" and cli.model.size == "tiny"
+
+
+def test_accelerate_vlm_tiny(tmp_path):
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    try:
+        mosaic = _main("accelerate_vlm.py")(["--tiny", "--root", str(tmp_path)])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert mosaic.planned and mosaic.profile is not None and mosaic.plan.micro_batches == 1
