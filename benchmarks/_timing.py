@@ -33,6 +33,68 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+class GpuMonitor(L.Callback):
+    """GPU utilisation and memory while training: NVML samples every ``interval`` s, torch's peak.
+
+    ``summary()`` gives the mean and max NVML utilisation (%), the most device memory NVML saw in
+    use (bytes, all processes) and torch's peak allocated memory; None where there is no GPU or no
+    NVML (``nvidia-ml-py``), with the reason in ``note``.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.samples: list[int] = []
+        self.used = 0
+        self.peak_allocated: int | None = None
+        self.note = ""
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import threading
+
+        device = trainer.strategy.root_device
+        if device.type != "cuda":
+            self.note = "no GPU"
+            return
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        except Exception as err:  # no nvidia-ml-py, or no driver access
+            self.note = f"NVML unavailable: {err}"
+            return
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                self.used = max(self.used, pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+        self._thread = threading.Thread(target=sample, name="nvml-sampler", daemon=True)
+        self._thread.start()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            self.peak_allocated = torch.cuda.max_memory_allocated(device)
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        samples = self.samples
+        return {
+            "gpu_util_mean": sum(samples) / len(samples) if samples else None,
+            "gpu_util_max": max(samples) if samples else None,
+            "memory_used_bytes": self.used or None,
+            "peak_allocated_bytes": self.peak_allocated,
+            "note": self.note,
+        }
+
+
 def quiet_trainer(strategy: Any, accelerator: str, precision: str, steps: int, **kwargs: Any) -> L.Trainer:
     """One device, ``steps`` training steps, no logger, checkpoints, progress bar or validation."""
     options: dict[str, Any] = dict(

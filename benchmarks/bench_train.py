@@ -12,7 +12,8 @@ model on the same data:
 - ``mosaic``: the plan made above (SM quotas, phases, micro-batches), applied from the first step.
 
 Steps are timed from ``on_train_batch_start`` to ``on_train_batch_end`` (GPU synchronised at both
-ends) after untimed warmup steps. Prints samples/s and the ratios against temporal, the plan,
+ends) after untimed warmup steps; GPU utilisation and memory come from NVML (``nvidia-ml-py``) and
+torch. Prints samples/s and the ratios against temporal, the plan,
 predicted vs measured step times, the bound of DESIGN.md (max of the critical path at full GPU and
 total SM-seconds / SMs) and the green-context SMs requested vs granted, and writes it all as JSON.
 
@@ -43,7 +44,7 @@ from lightning_mosaic.simulator import lower_bound
 from lightning_mosaic.zoo.sizes import SIZES as ZOO_SIZES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import StepTimer, environment, quiet_trainer
+from _timing import GpuMonitor, StepTimer, environment, quiet_trainer
 
 VARIANTS = ("temporal", "naive", "mosaic")
 MODELS = ("demo", "vlm", "avlm", "bind")
@@ -89,7 +90,9 @@ def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrat
     return strategy.plan, strategy
 
 
-def run(variant: str, plan: Plan, args: argparse.Namespace) -> tuple[list[float], MosaicStrategy | None]:
+def run(
+    variant: str, plan: Plan, args: argparse.Namespace
+) -> tuple[list[float], MosaicStrategy | None, dict]:
     L.seed_everything(0, verbose=False)
     strategy: Any = "auto"
     if variant == "naive":
@@ -97,10 +100,10 @@ def run(variant: str, plan: Plan, args: argparse.Namespace) -> tuple[list[float]
     elif variant == "mosaic":
         strategy = MosaicStrategy(plan=plan)
     steps = args.warmup + args.steps
-    timer = StepTimer()
+    timer, monitor = StepTimer(), GpuMonitor()
     with tempfile.TemporaryDirectory() as root:
-        _trainer(strategy, args, steps, [timer], root).fit(_model(args), _data(args, steps))
-    return timer.times[args.warmup :], strategy if variant != "temporal" else None
+        _trainer(strategy, args, steps, [timer, monitor], root).fit(_model(args), _data(args, steps))
+    return timer.times[args.warmup :], strategy if variant != "temporal" else None, monitor.summary()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,11 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(plan.describe(), file=sys.stderr)
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         rounds, grants, notes = [], {}, []
+        gpu: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for r in range(args.rounds):
             order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
             medians = {}
             for variant in order:
-                measured, strategy = run(variant, plan, args)
+                measured, strategy, usage = run(variant, plan, args)
+                gpu[variant].append(usage)
                 times[variant] += measured
                 medians[variant] = statistics.median(measured)
                 if variant == "mosaic" and strategy is not None:
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
                 file=sys.stderr,
             )
         result = _result(args, device, plan, planner, times, rounds, grants, notes)
+        result["gpu"] = {v: _usage(gpu[v]) for v in VARIANTS}
     _print(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -203,6 +209,19 @@ def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
     return result
 
 
+def _usage(runs: list[dict]) -> dict:
+    """The rounds' GPU usage of one variant: means of the means, the largest peaks."""
+    means = [r["gpu_util_mean"] for r in runs if r["gpu_util_mean"] is not None]
+    peaks = [r["peak_allocated_bytes"] for r in runs if r["peak_allocated_bytes"] is not None]
+    used = [r["memory_used_bytes"] for r in runs if r["memory_used_bytes"] is not None]
+    return {
+        "gpu_util_mean": sum(means) / len(means) if means else None,
+        "memory_used_bytes": max(used) if used else None,
+        "peak_allocated_bytes": max(peaks) if peaks else None,
+        "note": runs[0]["note"] if runs else "",
+    }
+
+
 def _print(result: dict) -> None:
     s, sp = result["samples_per_s"], result["speedup_vs_temporal"]
     print(
@@ -217,6 +236,9 @@ def _print(result: dict) -> None:
             f" temporal measured {result['step_s']['temporal'] * 1e3:.2f} ms vs predicted"
             f" {(result['predicted_temporal_s'] or 0) * 1e3:.2f} ms"
         )
+    util = {v: result["gpu"][v]["gpu_util_mean"] for v in VARIANTS}
+    if all(u is not None for u in util.values()):
+        print("GPU utilisation (NVML, mean %): " + ", ".join(f"{v} {u:.0f}" for v, u in util.items()))
     if result.get("bound_speedup"):
         print(
             f"bound: {result['bound_step_s'] * 1e3:.2f} ms per step, at most {result['bound_speedup']:.2f}x"

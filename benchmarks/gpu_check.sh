@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_check.sh                      # every section
 #   bash benchmarks/gpu_check.sh tests overhead train # only these sections (about 6 minutes)
 # Sections: environment accuracy plan engine tests overhead train zoo racecheck (environment always runs).
+# After committing a results folder under benchmarks/results/, run python benchmarks/results_table.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}

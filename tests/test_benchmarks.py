@@ -58,3 +58,39 @@ def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path, 
     assert result["plan"]["micro_batches"] >= 1 and result["predicted_step_s"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "bench_train"
     assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_results_table_is_built_from_gpu_results_only(tmp_path):
+    main = runpy.run_path(str(BENCHMARKS / "results_table.py"))["main"]
+    results = tmp_path / "benchmarks" / "results"
+    (results / "run").mkdir(parents=True)
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- results-table:start -->\nold\n<!-- results-table:end -->\nrest\n")
+    assert main(["--results", str(results), "--files", str(page)]) == 0
+    assert "not yet measured on GPU" in page.read_text() and page.read_text().endswith("rest\n")
+    row = {
+        "benchmark": "bench_train",
+        "device": "NVIDIA H100 80GB HBM3",
+        "torch": "2.11.0",
+        "date": "2026-11-27",
+        "config": {"model": "avlm", "size": "edge", "batch_size": 8},
+        "samples_per_s": {"temporal": 100.0, "naive": 110.0, "mosaic": 130.0},
+        "speedup_vs_temporal": {"temporal": 1.0, "naive": 1.1, "mosaic": 1.3},
+        "mosaic_over_naive": 130 / 110,
+        "bound_speedup": 1.5,
+    }
+    (results / "run" / "bench.json").write_text(json.dumps(row))
+    (results / "cpu.json").write_text(json.dumps({**row, "device": "cpu"}))
+    assert main(["--results", str(results), "--files", str(page), "--check"]) == 1
+    main(["--results", str(results), "--files", str(page)])
+    text = page.read_text()
+    assert (
+        "| avlm edge, batch 8 | NVIDIA H100 80GB HBM3 | 2.11.0 | 100.0 / 110.0 / 130.0 | 1.30x | 1.18x"
+        in text
+    )
+    assert "not yet measured" not in text and text.count("| avlm") == 1  # the CPU result is left out
+
+
+def test_committed_results_tables_are_up_to_date():
+    main = runpy.run_path(str(BENCHMARKS / "results_table.py"))["main"]
+    assert main(["--check"]) == 0, "run python benchmarks/results_table.py"
