@@ -72,7 +72,7 @@ def prepare(
     mosaic = MosaicSession(
         accelerator,
         items[0],
-        [o for o in items[1:] if isinstance(getattr(o, "optimizer", o), torch.optim.Optimizer)],
+        [o for o in items[1:] if isinstance(o, torch.optim.Optimizer)],  # Accelerate's wrapper is one too
         modules=modules,
         plan=plan,
         backend=backend,
@@ -137,10 +137,10 @@ class MosaicSession:
         self._captured = False
         model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         model.register_forward_hook(self._after_forward, always_call=True)
-        for optimizer in optimizers:
-            inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the torch one
-            inner.register_step_pre_hook(lambda *_: self.engine.join())
-            inner.register_step_post_hook(self._after_optimizer_step)
+        inner = {id(o): getattr(o, "optimizer", o) for o in optimizers}  # the torch optimizers, once each
+        for optimizer in inner.values():
+            optimizer.register_step_pre_hook(lambda *_: self.engine.join())
+            optimizer.register_step_post_hook(self._after_optimizer_step)
         self._engage()
         if self._auto and self._side_by_side() is None:
             self.profile = matching_profile(self.path, self.units, self.device)

@@ -88,6 +88,24 @@ def test_save_state_carries_the_plan_and_load_state_applies_it(tmp_path, monkeyp
     assert mosaic_accelerate.session(restored).plan == first
 
 
+def test_a_scheduler_among_the_objects_does_not_count_steps_twice():
+    accelerator = Accelerator(cpu=True)
+    model = hf_model()
+    optimizer = torch.optim.SGD((p for p in model.parameters() if p.requires_grad), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    model, optimizer, loader, scheduler = mosaic_accelerate.prepare(
+        accelerator, model, optimizer, hf_loader(), scheduler
+    )
+    for step, batch in enumerate(loader):
+        if step == 3:
+            break
+        accelerator.backward(model(**batch).loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    assert mosaic_accelerate.session(accelerator).steps == 3
+
+
 def test_bad_arguments_are_rejected(tmp_path):
     accelerator = Accelerator(cpu=True)
     with pytest.raises(
