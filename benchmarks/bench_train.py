@@ -72,7 +72,9 @@ def _model(args: argparse.Namespace) -> L.LightningModule:
     return zoo.build(args.model, args.size)
 
 
-def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrategy]:
+def make_plan(
+    args: argparse.Namespace, model: L.LightningModule, folder: Path
+) -> tuple[Plan, MosaicStrategy]:
     """Profile and plan through ``MosaicStrategy()`` as a user would.
 
     The strategy writes ``mosaic_profile.json``, ``mosaic_plan.json`` and ``mosaic_plan.png`` to ``folder``.
@@ -85,13 +87,13 @@ def make_plan(args: argparse.Namespace, folder: Path) -> tuple[Plan, MosaicStrat
         profile_seconds=args.profile_seconds,
     )
     steps = args.profile_warmup + 2
-    _trainer(strategy, args, steps, [], str(folder)).fit(_model(args), _data(args, steps))
+    _trainer(strategy, args, steps, [], str(folder)).fit(model, _data(args, steps))
     assert strategy.plan is not None and strategy.planned
     return strategy.plan, strategy
 
 
 def run(
-    variant: str, plan: Plan, args: argparse.Namespace
+    variant: str, plan: Plan, model: L.LightningModule, args: argparse.Namespace
 ) -> tuple[list[float], MosaicStrategy | None, dict]:
     L.seed_everything(0, verbose=False)
     strategy: Any = "auto"
@@ -102,7 +104,7 @@ def run(
     steps = args.warmup + args.steps
     timer, monitor = StepTimer(), GpuMonitor()
     with tempfile.TemporaryDirectory() as root:
-        _trainer(strategy, args, steps, [timer, monitor], root).fit(_model(args), _data(args, steps))
+        _trainer(strategy, args, steps, [timer, monitor], root).fit(model, _data(args, steps))
     return timer.times[args.warmup :], strategy if variant != "temporal" else None, monitor.summary()
 
 
@@ -145,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out.parent if args.out else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        plan, planner = make_plan(args, folder)
+        # One model for every run: building a large one takes longer than timing it. Its weights
+        # move on from run to run, which changes no step time.
+        model = _model(args)
+        plan, planner = make_plan(args, model, folder)
         print(plan.describe(), file=sys.stderr)
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         rounds, grants, notes = [], {}, []
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
             medians = {}
             for variant in order:
-                measured, strategy, usage = run(variant, plan, args)
+                measured, strategy, usage = run(variant, plan, model, args)
                 gpu[variant].append(usage)
                 times[variant] += measured
                 medians[variant] = statistics.median(measured)
