@@ -134,7 +134,6 @@ class MosaicSession:
         self._tracer: Tracer | None = None
         self._capture: InputCapture | None = None
         self._batch = 0
-        self._captured = False
         model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         model.register_forward_hook(self._after_forward, always_call=True)
         inner = {id(o): getattr(o, "optimizer", o) for o in optimizers}  # the torch optimizers, once each
