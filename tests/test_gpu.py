@@ -131,3 +131,57 @@ def test_user_quotas_are_granted_on_the_gpu():
     assert grants["vision"].requested == 32 and grants["audio"].requested == 16
     if t.strategy.engine.backend.name == "green_context":
         assert grants["vision"].partitioned and grants["vision"].granted % 2 == 0
+
+
+def test_a_frozen_encoder_one_step_ahead_on_the_gpu():
+    from lightning_mosaic.planner import Phase, Plan
+
+    plan = Plan(
+        [
+            Phase({"vision": None, "audio": None}),
+            Phase({"vision_proj": None, "audio_proj": None}),
+            Phase({"llm": None}),
+        ],
+        method="user",
+        device=torch.cuda.get_device_name(0),
+        lookahead=["vision"],
+    )
+    _, plain = _fit(hf_model(), "auto", hf_loader())
+    t, mosaic = _fit(hf_model(), MosaicStrategy(plan=plan), hf_loader())
+    assert t.strategy.engine.backend.concurrent and t.strategy.lookahead.hits == 8
+    _assert_close(plain, mosaic, rtol=1e-5, atol=1e-6)
+
+
+def test_the_accelerate_adapter_on_the_gpu(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    import lightning_mosaic.accelerate as mosaic_accelerate
+
+    def train(mosaic):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        accelerator = Accelerator(project_dir=str(tmp_path))
+        model = hf_model()
+        optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=1e-3)
+        prepare = mosaic_accelerate.prepare if mosaic else (lambda acc, *objs, **_: acc.prepare(*objs))
+        model, optimizer, loader = prepare(
+            accelerator, model, optimizer, hf_loader(), warmup_steps=2, profile_seconds=15
+        )
+        for batch in loader:
+            accelerator.backward(model(**batch).loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        return accelerator, parameters(accelerator.unwrap_model(model))
+
+    _, plain = train(False)
+    accelerator, mosaic = train(True)
+    session = mosaic_accelerate.session(accelerator)
+    assert (
+        session.planned
+        and session.profile is not None
+        and session.plan.device == torch.cuda.get_device_name(0)
+    )
+    _assert_close(plain, mosaic, rtol=1e-5, atol=1e-6)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
