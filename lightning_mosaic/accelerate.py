@@ -38,7 +38,15 @@ from lightning_mosaic.engine import Backend, Engine, make_backend
 from lightning_mosaic.engine.backends import check_backend
 from lightning_mosaic.graph import ModuleGraph, Tracer
 from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.pipeline import check_plan_units, choose_plan, engine_arguments, matching_profile
+from lightning_mosaic.pipeline import (
+    check_plan_units,
+    choose_plan,
+    engine_arguments,
+    first_matching,
+    profile_file,
+    read_plan,
+    why_inline,
+)
 from lightning_mosaic.planner import Plan, device_name, temporal_plan
 from lightning_mosaic.profile import Profile
 from lightning_mosaic.profiler import InputCapture, profile_units
@@ -126,10 +134,12 @@ class MosaicSession:
         self.profile: Profile | None = None
         self.perf_model: PerfModel | None = None
         self.steps = 0
-        self.plan, self.planned = _initial_plan(plan)
+        source = read_plan(plan, PLANS)
+        self.plan = source if isinstance(source, Plan) else None
+        self.planned = source != "auto"
         if self.planned and self.plan is not None:
             check_plan_units(self.plan, list(self.units))
-        self._auto = plan == "auto"
+        self._auto = source == "auto"
         self._stack: ExitStack | None = None
         self._tracer: Tracer | None = None
         self._capture: InputCapture | None = None
@@ -142,7 +152,7 @@ class MosaicSession:
             optimizer.register_step_post_hook(self._after_optimizer_step)
         self._engage()
         if self._auto and self._side_by_side() is None:
-            self.profile = matching_profile(self.path, self.units, self.device)
+            self.profile = first_matching(profile_file(self.path), self.units, self.device)
             self._fit_model()
 
     # ------------------------------------------------------------------ checkpoints (save_state / load_state)
@@ -210,13 +220,7 @@ class MosaicSession:
     # ------------------------------------------------------------------ the loop
 
     def _side_by_side(self) -> str | None:
-        if self.backend == "cpu":
-            return None
-        if self.backend == "none" or (isinstance(self.backend, Backend) and not self.backend.concurrent):
-            return "the backend runs the units inline"
-        if isinstance(self.backend, str) and self.device.type != "cuda":
-            return f"the units run inline on {self.device}"
-        return None
+        return why_inline(self.backend, self.device)
 
     def _wants_capture(self) -> bool:
         return (
@@ -286,22 +290,6 @@ class MosaicSession:
         else:
             backend, quotas, groups = make_backend("none", self.device), {}, None
         self.engine.attach(self.units, backend=backend, quotas=quotas, device=self.device, groups=groups)
-
-
-def _initial_plan(plan: Any) -> tuple[Plan | None, bool]:
-    if isinstance(plan, Plan):
-        return Plan.from_dict(plan.to_dict()), True
-    if isinstance(plan, str) and plan in PLANS:
-        return None, plan == "temporal"
-    if isinstance(plan, (str, os.PathLike)):
-        if not os.path.exists(plan):
-            raise ValueError(
-                f"plan={os.fspath(plan)!r} is neither one of {', '.join(PLANS)} nor an existing plan file"
-            )
-        return Plan.load(plan), True
-    raise TypeError(
-        f"plan must be one of {', '.join(PLANS)}, a Plan or a plan file, got {type(plan).__name__}"
-    )
 
 
 def _broadcast(data: Any) -> Any:

@@ -112,22 +112,69 @@ def micro_batch_cap(module: Any) -> int | None:
     return cap
 
 
-def matching_profile(path: str, units: Any, device: torch.device) -> Profile | None:
-    """The profile in ``path`` if it was measured for these units on this device, else None.
-
-    A missing file is None; one for other units or another device is None with a warning; a
-    corrupt one raises a ``ProfileError`` naming it.
-    """
+def read_plan(plan: Any, choices: Sequence[str]) -> str | Plan:
+    """``plan`` as one of ``choices`` or a :class:`Plan` (a copy; a path is read now and may raise)."""
     import os
 
-    from lightning_mosaic.profile import Profile, fingerprint
+    if isinstance(plan, Plan):
+        return Plan.from_dict(plan.to_dict())
+    if isinstance(plan, str) and plan in choices:
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        path = os.fspath(plan)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"plan={path!r} is neither one of {', '.join(choices)} nor an existing plan file"
+            )
+        return Plan.load(path)
+    raise TypeError(
+        f"plan must be one of {', '.join(choices)}, a Plan or the path of a plan file, got"
+        f" {type(plan).__name__}: {plan!r}"
+    )
+
+
+def why_inline(backend: str | Backend, device: torch.device) -> str | None:
+    """Why units cannot run side by side under ``backend`` on ``device`` (None when they can).
+
+    ``backend="cpu"`` runs units inline but is profiled and planned with thread quotas: a rehearsal
+    of the GPU pipeline, so it counts as able.
+    """
+    if isinstance(backend, Backend):
+        from lightning_mosaic.engine.cpu import CpuThreadBackend
+
+        able = backend.concurrent or isinstance(backend, CpuThreadBackend)
+        return None if able else f"backend {backend.name!r} runs the units inline"
+    if backend == "cpu":
+        return None
+    if backend == "none":
+        return "backend 'none' runs the units inline"
+    if device.type != "cuda":
+        return (
+            f"the units run inline on {device} (backend={backend!r} needs a GPU to run them side by side;"
+            " backend='cpu' rehearses profiling and planning with thread quotas)"
+        )
+    return None
+
+
+def first_matching(
+    candidates: Sequence[tuple[str, Profile]], units: Any, device: torch.device
+) -> Profile | None:
+    """The first of ``(source, profile)`` measured for these units on this device, warning of the others."""
+    from lightning_mosaic.profile import fingerprint
     from lightning_mosaic.profiler import device_capacity, device_label
 
-    if not os.path.exists(path):
-        return None
-    profile = Profile.load(path)
-    reason = profile.mismatch(fingerprint(units), device_label(device), device_capacity(device))
-    if reason is not None:
-        log.warning(f"the profile in {path} does not match this run: {reason}; profiling again")
-        return None
-    return profile
+    here, label, capacity = fingerprint(units), device_label(device), device_capacity(device)
+    for source, profile in candidates:
+        reason = profile.mismatch(here, label, capacity)
+        if reason is None:
+            log.info(f"reusing the profile from {source} (measured {profile.created}); not profiling again")
+            return profile
+        log.warning(f"the profile in {source} does not match this run: {reason}; profiling again")
+    return None
+
+
+def profile_file(path: str) -> list[tuple[str, Profile]]:
+    """``[(path, profile)]`` when ``path`` exists (a corrupt file raises, naming it), else ``[]``."""
+    import os
+
+    return [(path, Profile.load(path))] if os.path.exists(path) else []

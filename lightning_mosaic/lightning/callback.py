@@ -26,12 +26,11 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic.graph import ModuleGraph, Tracer
 from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.profile import Profile, fingerprint
+from lightning_mosaic.pipeline import first_matching, profile_file
+from lightning_mosaic.profile import Profile
 from lightning_mosaic.profiler import (
     DEFAULT_FRACTIONS,
     InputCapture,
-    device_capacity,
-    device_label,
     profile_units,
 )
 from lightning_mosaic.selection import check_names, select_modules
@@ -111,22 +110,13 @@ class MosaicProfiler(Callback):
         if not self.units:
             return
         assert self.path is not None
-        here = fingerprint(self.units)
-        device, capacity = device_label(pl_module.device), device_capacity(pl_module.device)
         candidates = []
         if self._from_checkpoint is not None:
             candidates.append(("the checkpoint", Profile.from_dict(self._from_checkpoint)))
-        if os.path.exists(self.path):
-            candidates.append((self.path, Profile.load(self.path)))  # a corrupt file raises, naming it
-        for source, profile in candidates:
-            reason = profile.mismatch(here, device, capacity)
-            if reason is None:
-                self._use(profile, reused=True)
-                log.info(
-                    f"reusing the profile from {source} (measured {profile.created}); not profiling again"
-                )
-                return
-            log.warning(f"the profile in {source} does not match this run: {reason}; profiling again")
+        candidates += profile_file(self.path)  # a corrupt file raises, naming it
+        profile = first_matching(candidates, self.units, pl_module.device)
+        if profile is not None:
+            self._use(profile, reused=True)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

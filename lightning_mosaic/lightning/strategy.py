@@ -64,7 +64,9 @@ from lightning_mosaic.pipeline import (
     choose_plan,
     engine_arguments,
     micro_batch_cap,
+    read_plan,
     set_micro_batches,
+    why_inline,
 )
 from lightning_mosaic.planner import Plan, concurrent_plan, device_name, temporal_plan
 from lightning_mosaic.selection import check_names, select_modules
@@ -415,23 +417,8 @@ class MosaicStrategy(ParallelStrategy):
         return self.plan.micro_batches if self.planned and self.plan is not None else 1
 
     def _can_overlap(self) -> str | None:
-        """Why units cannot run side by side under ``backend`` here (None when they can)."""
-        backend = self.backend
-        if isinstance(backend, Backend):
-            from lightning_mosaic.engine.cpu import CpuThreadBackend
-
-            ok = backend.concurrent or isinstance(backend, CpuThreadBackend)
-            return None if ok else f"backend {backend.name!r} runs the units inline"
-        if backend == "cpu":
-            return None  # inline, but profiled and planned with thread quotas: a rehearsal
-        if backend == "none":
-            return "backend 'none' runs the units inline"
-        if self.root_device.type != "cuda":
-            return (
-                f"the units run inline on {self.root_device} (backend={backend!r} needs a GPU to run them"
-                " side by side; backend='cpu' rehearses profiling and planning with thread quotas)"
-            )
-        return None
+        """Why units cannot run side by side here (None when they can)."""
+        return why_inline(self.backend, self.root_device)
 
     def _install_profiler(self) -> None:
         """``plan="auto"`` while fitting: use the Trainer's ``MosaicProfiler``, or add the strategy's own."""
@@ -470,7 +457,7 @@ class MosaicStrategy(ParallelStrategy):
         if restored is not None and self.plan_source == "auto":  # a plan given by hand wins
             self._restore(Plan.from_dict(restored))
         elif isinstance(self.plan_source, Plan) and not self.planned:
-            self.plan, self.planned = Plan.from_dict(self.plan_source.to_dict()), True  # a copy
+            self.plan, self.planned = Plan.from_dict(self.plan_source.to_dict()), True  # a copy per fit
         if self.planned and self.plan is not None:
             check_plan_units(self.plan, list(self.units))
             if isinstance(self.micro_batches, int):
@@ -697,20 +684,7 @@ _MICRO_STEPS = "_mosaic_micro_steps"
 
 def _check_plan(plan: Any, quotas_given: bool) -> str | Plan:
     """``plan`` as ``"auto"``, ``"temporal"``, ``"concurrent"`` or a :class:`Plan` (a path is read now)."""
-    if isinstance(plan, Plan):
-        source: str | Plan = plan
-    elif isinstance(plan, str) and plan in PLANS:
-        source = plan
-    elif isinstance(plan, (str, os.PathLike)):
-        path = os.fspath(plan)
-        if not os.path.exists(path):
-            raise ValueError(f"plan={path!r} is neither one of {', '.join(PLANS)} nor an existing plan file")
-        source = Plan.load(path)  # a corrupt file raises, naming it
-    else:
-        raise TypeError(
-            f"plan must be one of {', '.join(PLANS)}, a Plan or the path of a plan file, got"
-            f" {type(plan).__name__}: {plan!r}"
-        )
+    source = read_plan(plan, PLANS)
     if quotas_given:
         if source == "auto":
             return "concurrent"  # quotas by hand are a plan by hand
