@@ -416,10 +416,6 @@ class MosaicStrategy(ParallelStrategy):
             return self.micro_batches  # given: from the first step on, unless a profile is pending
         return self.plan.micro_batches if self.planned and self.plan is not None else 1
 
-    def _can_overlap(self) -> str | None:
-        """Why units cannot run side by side here (None when they can)."""
-        return why_inline(self.backend, self.root_device)
-
     def _install_profiler(self) -> None:
         """``plan="auto"`` while fitting: use the Trainer's ``MosaicProfiler``, or add the strategy's own."""
         self.profiler, self._own_profiler = None, False
@@ -427,7 +423,7 @@ class MosaicStrategy(ParallelStrategy):
         trainer = getattr(module, "_trainer", None)
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.plan_source != "auto":
             return
-        if self._can_overlap() is not None:
+        if why_inline(self.backend, self.root_device) is not None:
             return  # the plan will be temporal: nothing to profile for
         for callback in trainer.callbacks:
             if isinstance(callback, MosaicProfiler):
@@ -546,7 +542,7 @@ class MosaicStrategy(ParallelStrategy):
             elif source == "temporal" or self.profiler is None:
                 self.plan = temporal_plan(graph, device)
                 if source == "auto":
-                    reason = self._can_overlap() or "nothing is profiled outside fit"
+                    reason = why_inline(self.backend, self.root_device) or "nothing is profiled outside fit"
                     self.plan.notes.append(f"{reason}: temporal plan")
                 self.planned = True
             else:
