@@ -80,13 +80,20 @@ def engine_arguments(
     """The backend, SM quotas and phases (groups) that run ``plan``; the temporal plan runs inline."""
     if plan.sequential:
         return make_backend("none", device), {}, None
+    wanted = {m: q for phase in plan.phases for m, q in phase.quotas.items() if q is not None}
+    where = f"{device_name(device)} (the plan was made for {plan.device})"
+    quotas = quotas_for(wanted, units, device, where)
+    return make_backend(backend, device), quotas, [phase.modules for phase in plan.phases]
+
+
+def quotas_for(
+    quotas: dict[str, int], units: Sequence[str], device: torch.device, where: str | None = None
+) -> dict[str, int]:
+    """``quotas`` checked against the units and, on a GPU, its SM count (``where`` names the device)."""
     sm_count = (
         torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
     )
-    wanted = {m: q for phase in plan.phases for m, q in phase.quotas.items() if q is not None}
-    where = f"{device_name(device)} (the plan was made for {plan.device})"
-    quotas = check_quotas(wanted, list(units), sm_count, where)
-    return make_backend(backend, device), quotas, [phase.modules for phase in plan.phases]
+    return check_quotas(quotas, list(units), sm_count, where or device_name(device))
 
 
 def check_plan_units(plan: Plan, units: list[str]) -> None:

@@ -64,6 +64,7 @@ from lightning_mosaic.pipeline import (
     choose_plan,
     engine_arguments,
     micro_batch_cap,
+    quotas_for,
     read_plan,
     set_micro_batches,
     why_inline,
@@ -500,12 +501,7 @@ class MosaicStrategy(ParallelStrategy):
             backend, quotas, groups = engine_arguments(self.plan, list(self.units), device, self.backend)
         elif self.plan_source == "concurrent":
             backend = make_backend(self.backend, device)
-            sm_count = (
-                torch.cuda.get_device_properties(device).multi_processor_count
-                if device.type == "cuda"
-                else None
-            )
-            quotas = check_quotas(self.quotas, list(self.units), sm_count, device_name(device))
+            quotas = quotas_for(self.quotas, list(self.units), device)
         else:  # warmup of plan="auto", or plan="temporal": plain
             backend = make_backend("none", device)
         self.engine.attach(self.units, backend=backend, quotas=quotas, device=device, groups=groups)
