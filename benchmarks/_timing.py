@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 import lightning_mosaic
-from lightning_mosaic.planner import device_name
+from lightning_mosaic.devices import device_name
 
 
 class StepTimer(L.Callback):

@@ -39,7 +39,7 @@ from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import SIZES, DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.planner import Plan
+from lightning_mosaic.plan import Plan
 from lightning_mosaic.simulator import lower_bound
 from lightning_mosaic.zoo.sizes import SIZES as ZOO_SIZES
 
@@ -201,16 +201,16 @@ def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
         "grants": grants,
         "backend": notes,
     }
-    profiler = planner.profiler
-    if profiler is not None and profiler.perf_model is not None and profiler.profile is not None:
-        model, profile = profiler.perf_model, profiler.profile
+    session = planner.session
+    if session is not None and session.perf_model is not None and session.profile is not None:
+        model, profile = session.perf_model, session.profile
         graph = planner.graph or ModuleGraph.from_dict(profile.graph)
         spec = DeviceSpec.from_current(device)
         if model.capacity == spec.sm_count:
             bound = lower_bound(graph, model, profile.batch_size, plan.micro_batches, spec.quotas())
             result["bound_step_s"] = bound
             result["bound_speedup"] = (plan.predicted_temporal_s or 0) / bound if bound else None
-        result["perfmodel_mape"] = model.score()
+        result["perfmodel_mape"] = model.held_out_mape_
     return result
 
 

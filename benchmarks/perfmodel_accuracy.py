@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile is None or perf_model is None:
         print("no profile was produced", file=sys.stderr)
         return 1
-    scores = perf_model.score()
+    scores = perf_model.held_out_mape_
     target = TARGETS.get(profile.device_type, TARGETS["cpu"])
     print(profile.describe())
     print(f"\nheld-out MAPE per module (target <= {target:.0%}):")

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.perfmodel import AnalyticModel
 from lightning_mosaic.planner import plan
 
 
-def random_instance(rng: random.Random, modules: int, sms: int) -> tuple[ModuleGraph, PerfModel]:
+def random_instance(rng: random.Random, modules: int, sms: int) -> tuple[ModuleGraph, AnalyticModel]:
     """A random DAG of ``modules`` units with random monotone time curves on ``sms`` SMs."""
     names = [f"m{i}" for i in range(modules)]
     edges = {n: [p for p in names[:i] if rng.random() < 0.5] for i, n in enumerate(names)}
@@ -47,7 +47,7 @@ def random_instance(rng: random.Random, modules: int, sms: int) -> tuple[ModuleG
         scale = backward if pass_ == "backward" else 1.0
         return scale * (fixed + work * batch / min(quota, per_sample * batch) ** exponent)
 
-    model = PerfModel.from_function(
+    model = AnalyticModel(
         time_fn,
         lambda module, batch: int(1e6 * batch),
         modules=names,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     profile = profiler.profile
     graph = ModuleGraph.from_dict(profile.graph)
     report = {}
-    here = DeviceSpec.from_current("cuda" if gpu else "cpu")
+    here = DeviceSpec.from_profile(profile)  # the device, as it was when profiled
     for device in (here, DeviceSpec.preset("h100")) if gpu else (here,):
         if device.sm_count != profiler.perf_model.capacity:
             continue  # a what-if for another device: lightning-mosaic plan --what-if

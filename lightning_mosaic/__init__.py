@@ -1,25 +1,44 @@
 """lightning_mosaic: train multimodal models faster by running their modules side by side on one GPU.
 
-``import lightning_mosaic`` registers the ``"mosaic"`` strategy (and ``"mosaic_spawn"``,
-``"mosaic_fork"``) with Lightning, so ``Trainer(strategy="mosaic")`` works.
+``import lightning_mosaic`` imports neither torch nor Lightning: the names below load on first use,
+and the core modules (``graph``, ``profile``, ``perfmodel``, ``plan``, ``planner``, ``simulator``,
+``devices``, ``session``, ``engine``) work without Lightning installed. Where Lightning is
+installed, the ``"mosaic"`` strategy (and ``"mosaic_spawn"``, ``"mosaic_fork"``) is registered with
+it as soon as ``lightning.pytorch`` is imported (at once when it already is), so
+``Trainer(strategy="mosaic")`` works after ``import lightning_mosaic``.
 """
 
-from lightning.pytorch.strategies import StrategyRegistry
+from __future__ import annotations
 
-from lightning_mosaic._logging import logger as _logger  # noqa: F401  (configures the package logger)
-from lightning_mosaic.engine import Engine
-from lightning_mosaic.graph import ModuleGraph, trace
-from lightning_mosaic.lightning import MosaicProfiler, MosaicStrategy
-from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.planner import Phase, Plan, temporal_plan
-from lightning_mosaic.profile import Profile, ProfileError
-from lightning_mosaic.selection import select_modules
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lightning_mosaic._registration import register_when_lightning_loads
 
 __version__ = "0.1.0.dev0"
 
-MosaicStrategy.register_strategies(StrategyRegistry)
+_EXPORTS = {
+    "AnalyticModel": "lightning_mosaic.perfmodel",
+    "DeviceSpec": "lightning_mosaic.devices",
+    "Engine": "lightning_mosaic.engine",
+    "ModuleGraph": "lightning_mosaic.graph",
+    "MosaicProfiler": "lightning_mosaic.lightning",
+    "MosaicStrategy": "lightning_mosaic.lightning",
+    "PerfModel": "lightning_mosaic.perfmodel",
+    "Phase": "lightning_mosaic.plan",
+    "Plan": "lightning_mosaic.plan",
+    "Profile": "lightning_mosaic.profile",
+    "ProfileError": "lightning_mosaic.profile",
+    "ProfileSettings": "lightning_mosaic.session",
+    "Session": "lightning_mosaic.session",
+    "select_modules": "lightning_mosaic.selection",
+    "temporal_plan": "lightning_mosaic.plan",
+    "trace": "lightning_mosaic.tracing",
+}
 
 __all__ = [
+    "AnalyticModel",
+    "DeviceSpec",
     "Engine",
     "ModuleGraph",
     "MosaicProfiler",
@@ -29,7 +48,36 @@ __all__ = [
     "Plan",
     "Profile",
     "ProfileError",
+    "ProfileSettings",
+    "Session",
     "select_modules",
     "temporal_plan",
     "trace",
 ]
+
+if TYPE_CHECKING:
+    from lightning_mosaic.devices import DeviceSpec
+    from lightning_mosaic.engine import Engine
+    from lightning_mosaic.graph import ModuleGraph
+    from lightning_mosaic.lightning import MosaicProfiler, MosaicStrategy
+    from lightning_mosaic.perfmodel import AnalyticModel, PerfModel
+    from lightning_mosaic.plan import Phase, Plan, temporal_plan
+    from lightning_mosaic.profile import Profile, ProfileError
+    from lightning_mosaic.selection import select_modules
+    from lightning_mosaic.session import ProfileSettings, Session
+    from lightning_mosaic.tracing import trace
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lightning_mosaic' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+register_when_lightning_loads()

@@ -1,27 +1,17 @@
 """The module graph: which units a model has and which unit's outputs feed which unit.
 
 A ``ModuleGraph`` is plain data (JSON round-trip, ``describe()``). It is either written by hand
-with :meth:`ModuleGraph.from_edges` or traced from one real step with :func:`trace`, which follows
-every tensor a unit returns through whatever user code sits in between (``torch.cat``, slicing,
-arithmetic) until it reaches another unit's inputs.
+with :meth:`ModuleGraph.from_edges` or traced from one real step
+(:func:`lightning_mosaic.tracing.trace`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakIdKeyDictionary
-
-from lightning_mosaic._logging import get_logger
-from lightning_mosaic._tree import iter_tensors
-
-log = get_logger(__name__)
-T = TypeVar("T")
 SCHEMA_VERSION = 1
 
 
@@ -201,128 +191,6 @@ class ModuleGraph:
     def _check(self, name: str) -> None:
         if name not in self.inputs:
             raise KeyError(f"unknown module {name!r}; known modules: {list(self.inputs)}")
-
-
-def trace(modules: Mapping[str, nn.Module], step: Callable[[], T]) -> tuple[ModuleGraph, T]:
-    """Run ``step()`` once and record which unit's outputs reach which unit's inputs.
-
-    Every tensor a unit returns is tagged with the unit's name; every ATen operation passes the
-    union of its inputs' tags on to its outputs, so the tags survive user code between units. When
-    a unit is called, the tags on its inputs are its producers. The step runs unchanged (same ops,
-    same numbers); its result is returned with the graph.
-    """
-    tracer = Tracer(modules)
-    with tracer:
-        result = step()
-    return tracer.graph(), result
-
-
-class _Taint(TorchDispatchMode):
-    """Propagates producer tags through every ATen operation.
-
-    A dispatch mode sits below autograd and autocast and leaves ``has_torch_function`` false, so
-    the traced step takes exactly the kernels (fast paths included) that an untraced step takes.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-    def tags_of(self, obj: Any) -> frozenset[str]:
-        found: frozenset[str] = frozenset()
-        for tensor in iter_tensors(obj):
-            tag = self.tags.get(tensor)
-            if tag:
-                found = found | tag
-        return found
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        found = self.tags_of(args) | self.tags_of(kwargs) if self.tags else frozenset()
-        if found:
-            for tensor in iter_tensors(out):
-                self.tags[tensor] = self.tags.get(tensor, frozenset()) | found
-        return out
-
-
-class Tracer:
-    """The tracing of :func:`trace` as a context manager: enter before a step, exit after it, then
-    :meth:`graph`. For callers that cannot wrap the step in one call (a callback's start and end hooks)."""
-
-    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
-        self.modules = dict(modules)
-        self.taint = _Taint()
-        self.inputs: dict[str, list[str]] = {name: [] for name in self.modules}
-        self.first_call: dict[str, int] = {}
-        self.calls: dict[str, int] = dict.fromkeys(self.modules, 0)
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> Tracer:
-        for name, module in self.modules.items():
-            # The pre-hook runs after hooks registered before it (the engine's, which replaces
-            # pending inputs with the real tensors the unit computes on); the forward hook runs
-            # first (it tags the real outputs, before the engine hands them out as pending shells,
-            # whose every use runs on those real outputs).
-            self.handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
-            self.handles.append(
-                module.register_forward_hook(self._post_hook(name), with_kwargs=True, prepend=True)
-            )
-        self.taint.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.taint.__exit__(*exc)
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _pre_hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self.calls[name] += 1
-            self.first_call.setdefault(name, len(self.first_call))
-            producers = self.taint.tags_of(args) | self.taint.tags_of(kwargs)
-            for producer in sorted(producers, key=lambda n: self.first_call.get(n, len(self.first_call))):
-                if producer != name and producer not in self.inputs[name]:
-                    self.inputs[name].append(producer)
-
-        return hook
-
-    def _post_hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            tag = frozenset((name,))
-            for tensor in iter_tensors(output):
-                self.taint.tags[tensor] = tag
-
-        return hook
-
-    def graph(self) -> ModuleGraph:
-        order = list(self.first_call) + [n for n in self.modules if n not in self.first_call]
-        not_called = [n for n in self.modules if self.calls[n] == 0]
-        if not_called:
-            log.warning(
-                f"modules {not_called} were selected but not called in the traced step; they run as plain"
-                " code and have no producers or consumers in the module graph"
-            )
-        inputs: dict[str, list[str]] = {}
-        for name in order:
-            deps = []
-            for dep in self.inputs[name]:
-                if dep in inputs:
-                    deps.append(dep)
-                else:
-                    # ``dep`` first ran after ``name``: ``name`` ran again on ``dep``'s output.
-                    log.warning(
-                        f"module {name!r} consumes {dep!r} although it first ran before it (it is called"
-                        f" several times per step); the edge {dep!r} -> {name!r} is left out of the module"
-                        " graph to keep it acyclic"
-                    )
-            inputs[name] = deps
-        frozen = [n for n in order if not any(p.requires_grad for p in self.modules[n].parameters())]
-        parameters = {n: sum(p.numel() for p in self.modules[n].parameters()) for n in order}
-        return ModuleGraph(
-            inputs=inputs, frozen=frozen, calls={n: self.calls[n] for n in order}, parameters=parameters
-        )
 
 
 def _find_cycle(inputs: Mapping[str, list[str]]) -> list[str] | None:

@@ -16,11 +16,12 @@ is split per sample; strings, numbers and ``None`` are kept whole. Anything else
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
+from lightning_mosaic._tree import iter_tensors, keystr, map_leaves
 
 HOOK = "mosaic_split_batch"
 _PLAIN = (str, bytes, int, float, bool, type(None))
@@ -32,7 +33,7 @@ class BatchSplitError(TypeError):
 
 def batch_size(batch: Any) -> int:
     """The first dimension of the first non-scalar tensor in ``batch``; an error when there is none."""
-    found = _first_tensor(batch)
+    found = next((t for t in iter_tensors(batch) if t.dim() > 0), None)
     if found is None:
         raise BatchSplitError(
             f"a batch of type {type(batch).__name__} holds no tensor with a batch dimension, so its size is"
@@ -54,7 +55,7 @@ def split_batch(batch: Any, k: int) -> list[Any]:
     total = batch_size(batch)
     out, start = [], 0
     for n in sizes(total, k):
-        out.append(_take(batch, start, start + n, total, "batch"))
+        out.append(_take(batch, start, start + n, total))
         start += n
     return out
 
@@ -113,59 +114,32 @@ def combine(values: list[Any], counts: Sequence[int]) -> Any:
 # ---------------------------------------------------------------------- internals
 
 
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj if obj.dim() > 0 else None
-    if isinstance(obj, Mapping):
-        items: Any = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        items = obj
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    else:
-        return None
-    for item in items:
-        found = _first_tensor(item)
-        if found is not None:
-            return found
-    return None
+def _take(batch: Any, start: int, stop: int, total: int) -> Any:
+    """Rows ``start:stop`` of every per-sample part of ``batch``."""
 
+    def per_sample_values(obj: Any) -> bool:  # one plain value per sample (captions, ids)
+        return isinstance(obj, list) and len(obj) == total and all(isinstance(i, _PLAIN) for i in obj)
 
-def _take(obj: Any, start: int, stop: int, total: int, path: str) -> Any:
-    """Rows ``start:stop`` of every per-sample part of ``obj``; ``path`` names it in errors."""
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0:
-            return obj
-        if obj.shape[0] != total:
-            raise BatchSplitError(
-                f"{path} has shape {tuple(obj.shape)}, whose first dimension is not the batch size {total},"
-                f" so it cannot be split into micro-batches; define `{HOOK}(self, batch, k)` on your"
-                " LightningModule to split this batch"
-            )
-        return obj[start:stop]
-    if isinstance(obj, _PLAIN):
-        return obj
-    if isinstance(obj, Mapping):
-        new = copy.copy(obj)  # keeps the mapping's type (dict, BatchEncoding, ModelOutput)
-        for key, value in obj.items():
-            new[key] = _take(value, start, stop, total, f"{path}[{key!r}]")
-        return new
-    if isinstance(obj, list):
-        if len(obj) == total and all(isinstance(item, _PLAIN) for item in obj):
-            return obj[start:stop]  # one plain value per sample (captions, ids)
-        return [_take(item, start, stop, total, f"{path}[{i}]") for i, item in enumerate(obj)]
-    if isinstance(obj, tuple):
-        items = [_take(item, start, stop, total, f"{path}[{i}]") for i, item in enumerate(obj)]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        new = copy.copy(obj)
-        for f in dataclasses.fields(obj):
-            object.__setattr__(
-                new, f.name, _take(getattr(obj, f.name), start, stop, total, f"{path}.{f.name}")
-            )
-        return new
-    raise BatchSplitError(
-        f"cannot split {path} of type {type(obj).__module__}.{type(obj).__qualname__} into micro-batches;"
-        f" define `{HOOK}(self, batch, k)` on your LightningModule returning a list of k micro-batches,"
-        " or train with micro_batches=1"
-    )
+    def take(path: Any, leaf: Any) -> Any:
+        where = f"batch{keystr(path)}"
+        if isinstance(leaf, torch.Tensor):
+            if leaf.dim() == 0:
+                return leaf
+            if leaf.shape[0] != total:
+                raise BatchSplitError(
+                    f"{where} has shape {tuple(leaf.shape)}, whose first dimension is not the batch size"
+                    f" {total}, so it cannot be split into micro-batches; define `{HOOK}(self, batch, k)`"
+                    " on your LightningModule to split this batch"
+                )
+            return leaf[start:stop]
+        if per_sample_values(leaf):
+            return leaf[start:stop]
+        if isinstance(leaf, _PLAIN):
+            return leaf
+        raise BatchSplitError(
+            f"cannot split {where} of type {type(leaf).__module__}.{type(leaf).__qualname__} into"
+            f" micro-batches; define `{HOOK}(self, batch, k)` on your LightningModule returning a list of k"
+            " micro-batches, or train with micro_batches=1"
+        )
+
+    return map_leaves(take, batch, is_leaf=per_sample_values)

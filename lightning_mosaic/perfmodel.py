@@ -1,7 +1,9 @@
-"""Performance model: a unit's time under any (batch, quota), and its memory, fitted to a profile.
+"""Performance models: a unit's time under any (batch, quota), and its memory.
 
-Per unit and pass, time is a non-negative combination of physically shaped features of the batch
-``b`` and the quota ``q`` (SMs or threads):
+:class:`PerfModel` is fitted to a profile with scikit-learn's conventions (``fit`` returns the
+model, fitted state ends in ``_``, an unfitted model raises ``NotFittedError``). Per unit and pass,
+time is a non-negative combination of physically shaped features of the batch ``b`` and the quota
+``q`` (SMs or threads):
 
 - ``constant``: launch overheads, work that does not depend on either;
 - ``batch``: per-sample work that does not speed up with more SMs (host-side work, syncs);
@@ -12,17 +14,19 @@ Per unit and pass, time is a non-negative combination of physically shaped featu
 
 The fit is scikit-learn's ``LinearRegression(positive=True)`` weighted by ``1 / time^2`` (relative
 error, the error that matters for plans). Three forms compete per curve — only the ``1/quota``
-terms, all but saturation, all five — and cross-validation picks the simplest within 2% of the
-best, so few or noisy points get a simple curve; the saturation ``s`` is the least-squares best on
-a geometric grid, refined by a bounded search. With a single quota measured (no green contexts)
-only the ``1/quota`` form is possible: time is assumed to scale inversely with the quota.
+terms, all but saturation, all five — and cross-validation (``sklearn.model_selection.KFold``)
+picks the simplest within 2% of the best, so few or noisy points get a simple curve; the saturation
+``s`` is the least-squares best on a geometric grid, refined by a bounded search. With a single
+quota measured (no green contexts) only the ``1/quota`` form is possible: time is assumed to scale
+inversely with the quota. Memory is ``a + c * b`` bytes per unit.
 
-:meth:`PerfModel.score` is the mean absolute percentage error on held-out grid points: each point
-is predicted by a model fitted without it (K-fold), the choice of form and saturation included.
-Memory is ``a + c * b`` bytes per unit.
+Accuracy: :meth:`PerfModel.score` is the negative mean absolute percentage error on a profile's
+points (higher is better, as scikit-learn scores are); :func:`cross_val_predict` predicts every
+point of a profile by a model fitted without it (K-fold, the choice of form and saturation
+included), and ``PerfModel(held_out=True)`` keeps those rows and the held-out MAPE per unit.
 
-:meth:`PerfModel.from_function` wraps analytic functions in the same interface, for tests and
-what-if planning.
+:class:`AnalyticModel` answers the same questions from functions, for tests and what-if planning.
+Both follow :class:`CostModel`, which is all the simulator and the planner use.
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from lightning_mosaic._files import write_text
-from lightning_mosaic.profile import PASSES, QUOTA_UNITS, Profile
+from lightning_mosaic.devices import QUOTA_UNITS, unit_label
+from lightning_mosaic.profile import PASSES, Profile
 
 FEATURES = ("constant", "batch", "1/quota", "batch/quota", "saturation")
 _FORMS = {  # feature columns of each form of curve, simplest first
@@ -48,6 +54,27 @@ _FORMS = {  # feature columns of each form of curve, simplest first
 SCHEMA_VERSION = 1
 TimeFn = Callable[[str, str, float, float], float]
 MemoryFn = Callable[[str, float], float]
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """What the simulator and the planner ask of a performance model: seconds and bytes per unit."""
+
+    @property
+    def modules(self) -> list[str]: ...
+
+    @property
+    def capacity(self) -> int: ...  # SMs or threads of the whole device
+
+    @property
+    def backward(self) -> Mapping[str, bool]: ...  # unit -> has a backward pass
+
+    @property
+    def calls(self) -> Mapping[str, int]: ...  # unit -> calls per step
+
+    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float: ...
+
+    def memory(self, module: str, batch: float) -> int: ...
 
 
 @dataclass
@@ -70,229 +97,141 @@ def features(batch: Any, quota: Any, saturation: float | None) -> np.ndarray:
     return np.stack([np.ones_like(b), b, 1.0 / q, b / q, sat], axis=1)
 
 
-class PerfModel:
-    """Predicts seconds per (unit, pass, batch, quota) and bytes per (unit, batch).
+class PerfModel(BaseEstimator):
+    """Seconds per (unit, pass, batch, quota) and bytes per (unit, batch), fitted to a profile.
 
-    Fit one with ``PerfModel().fit(profile)``; ``folds`` is the K of the cross-validation behind
-    :meth:`score`.
+    Args:
+        folds: the K of the K-fold cross-validation that chooses each curve's form (and of the
+            held-out predictions).
+        held_out: also predict every profiled point from a model fitted without it when fitting,
+            kept as ``held_out_`` (rows) and ``held_out_mape_`` (MAPE per unit); costs a few fits
+            more per curve.
+
+    Fitted attributes: ``modules_``, ``capacity_``, ``quota_unit_``, ``device_``, ``backward_``,
+    ``calls_``, ``curves_``, ``memory_coef_`` (and ``held_out_``, ``held_out_mape_``). The
+    :class:`CostModel` properties (``modules``, ``capacity``, ``backward``, ``calls``) read them.
     """
 
-    def __init__(self, folds: int = 5) -> None:
-        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
-            raise ValueError(f"folds={folds!r} must be a whole number, at least 2")
+    def __init__(self, folds: int = 5, held_out: bool = False) -> None:
         self.folds = folds
-        self.modules: list[str] = []
-        self.capacity = 0
-        self.quota_unit = "sm"
-        self.device = ""
-        self.curves: dict[str, dict[str, Curve]] = {}
-        self.memory_coef: dict[str, list[float]] = {}
-        self.backward: dict[str, bool] = {}
-        self.calls: dict[str, int] = {}
-        self.profile: Profile | None = None
-        self._scores: dict[str, float] | None = None
-        self._held_out: list[dict[str, Any]] | None = None
-        self._time_fn: TimeFn | None = None
-        self._memory_fn: MemoryFn | None = None
+        self.held_out = held_out
 
-    # ------------------------------------------------------------------ building
+    # ------------------------------------------------------------------ fitting
 
     def fit(self, profile: Profile) -> PerfModel:
         """Fit a time curve per unit and pass and a memory line per unit; returns ``self``."""
         if not isinstance(profile, Profile):
             raise TypeError(f"fit() takes a Profile, got {type(profile).__name__}")
-        self.profile = profile
-        self.modules = profile.module_names
-        self.capacity, self.quota_unit, self.device = profile.capacity, profile.quota_unit, profile.device
-        self.curves, self.memory_coef = {}, {}
-        self.backward = {m.name: m.backward for m in profile.modules}
-        self.calls = {m.name: m.calls for m in profile.modules}
-        self._scores = self._held_out = None
-        for name in self.modules:
-            self.curves[name] = {}
-            for pass_ in self._passes(name):
+        folds = _check_folds(self.folds)
+        self.modules_ = profile.module_names
+        self.capacity_, self.quota_unit_, self.device_ = profile.capacity, profile.quota_unit, profile.device
+        self.backward_ = {m.name: m.backward for m in profile.modules}
+        self.calls_ = {m.name: m.calls for m in profile.modules}
+        self.curves_: dict[str, dict[str, Curve]] = {}
+        self.memory_coef_: dict[str, list[float]] = {}
+        for name in self.modules_:
+            self.curves_[name] = {}
+            for pass_ in _passes(self.backward_, name):
                 b, q, y = _arrays(profile, name, pass_)
                 if len(y) == 0:
                     raise ValueError(
                         f"the profile has no feasible {pass_} sample of module {name!r}; cannot fit it"
                     )
-                self.curves[name][pass_] = self._fit_curve(b, q, y)
-            self.memory_coef[name] = _fit_memory(profile, name)
+                self.curves_[name][pass_] = _fit_curve(b, q, y, folds, self.capacity_)
+            self.memory_coef_[name] = _fit_memory(profile, name)
+        if self.held_out:
+            self.held_out_ = cross_val_predict(profile, folds)
+            self.held_out_mape_ = _mape_by_module(self.held_out_, self.modules_)
         return self
 
-    @classmethod
-    def from_function(
-        cls,
-        time_fn: TimeFn,
-        memory_fn: MemoryFn | None = None,
-        *,
-        modules: Sequence[str],
-        capacity: int,
-        quota_unit: str = "sm",
-        device: str = "analytic",
-        backward: dict[str, bool] | None = None,
-    ) -> PerfModel:
-        """An analytic model: ``time_fn(module, pass_, batch, quota)`` seconds and
-        ``memory_fn(module, batch)`` bytes."""
-        if not callable(time_fn) or (memory_fn is not None and not callable(memory_fn)):
-            raise TypeError("time_fn (and memory_fn, when given) must be callables")
-        if quota_unit not in QUOTA_UNITS:
-            raise ValueError(f"quota_unit={quota_unit!r} is not one of {QUOTA_UNITS}")
-        if not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity={capacity!r} must be a positive whole number of {quota_unit}s")
-        model = cls()
-        model.modules = list(modules)
-        if not model.modules:
-            raise ValueError("from_function needs the module names (`modules=`)")
-        model.capacity, model.quota_unit, model.device = capacity, quota_unit, device
-        model.backward = {m: True for m in model.modules} | dict(backward or {})
-        model.calls = {m: 1 for m in model.modules}
-        model._time_fn, model._memory_fn = time_fn, memory_fn
-        return model
+    # ------------------------------------------------------------------ the CostModel interface
 
-    # ------------------------------------------------------------------ predicting
+    @property
+    def modules(self) -> list[str]:
+        _check_fitted(self)
+        return self.modules_
+
+    @property
+    def capacity(self) -> int:
+        _check_fitted(self)
+        return self.capacity_
+
+    @property
+    def quota_unit(self) -> str:
+        _check_fitted(self)
+        return self.quota_unit_
+
+    @property
+    def backward(self) -> Mapping[str, bool]:
+        _check_fitted(self)
+        return self.backward_
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        _check_fitted(self)
+        return self.calls_
 
     def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
         """Seconds of one ``pass_`` (``"forward"`` / ``"backward"``) of ``module`` on ``batch``
         samples under ``quota`` SMs or threads."""
-        self._check(module, batch)
-        if pass_ not in PASSES:
-            raise ValueError(f"pass_={pass_!r} is not one of {PASSES}")
-        if not (isinstance(quota, (int, float)) and 0 < quota <= self.capacity):
-            raise ValueError(f"quota={quota!r} must be in (0, {self.capacity}] {self.quota_unit}s")
-        if pass_ == "backward" and not self.backward.get(module, True):
+        _check_fitted(self)
+        if not _check_query(self, module, pass_, batch, quota):
             return 0.0  # a frozen unit with no grad-requiring input has no backward pass
-        if self._time_fn is not None:
-            return float(self._time_fn(module, pass_, batch, quota))
-        return max(float(self.curves[module][pass_].predict(batch, quota)[0]), 1e-9)
+        return max(float(self.curves_[module][pass_].predict(batch, quota)[0]), 1e-9)
 
     def memory(self, module: str, batch: float) -> int:
         """Bytes ``module`` needs for one forward + backward on ``batch`` samples (peak on GPU, saved
         activations on CPU)."""
-        self._check(module, batch)
-        if self._time_fn is not None:
-            return int(self._memory_fn(module, batch)) if self._memory_fn else 0
-        a, c = self.memory_coef[module]
+        _check_fitted(self)
+        _check_unit(self, module, batch)
+        a, c = self.memory_coef_[module]
         return round(a + c * batch)
-
-    def _check(self, module: str, batch: float) -> None:
-        if module not in self.modules:
-            raise ValueError(f"module {module!r} is not in the performance model; it has {self.modules}")
-        if not (isinstance(batch, (int, float)) and batch > 0):
-            raise ValueError(f"batch={batch!r} must be a positive number of samples")
-
-    def _passes(self, module: str) -> tuple[str, ...]:
-        return PASSES if self.backward.get(module, True) else ("forward",)
 
     # ------------------------------------------------------------------ accuracy
 
-    def score(self) -> dict[str, float]:
-        """Held-out mean absolute percentage error per unit (a fraction: 0.03 is 3%), both passes together."""
-        if self._scores is None:
-            rows = self.held_out()
-            self._scores = {
-                m: float(np.mean([r["error"] for r in rows if r["module"] == m]))
-                for m in self.modules
-                if any(r["module"] == m for r in rows)
-            }
-        return dict(self._scores)
+    def score(self, profile: Profile) -> float:
+        """The negative mean absolute percentage error of the model on ``profile``'s feasible points.
 
-    def held_out(self) -> list[dict[str, Any]]:
-        """Every feasible grid point with its measured time and the time predicted without it."""
-        if self._held_out is not None:
-            return list(self._held_out)
-        if self.profile is None:
-            if self._time_fn is not None:
-                raise ValueError("an analytic model (from_function) has no measured points to score")
-            raise ValueError(
-                "this model was loaded without its profile; score() needs the profile it was fit on"
-            )
-        rows = []
-        for name in self.modules:
-            for pass_ in self._passes(name):
-                b, q, y = _arrays(self.profile, name, pass_)
-                predicted = self._cross_predict(b, q, y)
-                for bi, qi, yi, pi in zip(b, q, y, predicted, strict=True):
-                    rows.append(
-                        {
-                            "module": name,
-                            "pass": pass_,
-                            "batch": int(bi),
-                            "quota": int(qi),
-                            "measured": float(yi),
-                            "predicted": float(pi),
-                            "error": abs(float(pi) - float(yi)) / float(yi),
-                        }
-                    )
-        self._held_out = rows
-        return list(rows)
-
-    # ------------------------------------------------------------------ fitting internals
-
-    def _fit_curve(self, b: np.ndarray, q: np.ndarray, y: np.ndarray) -> Curve:
-        """Choose a form by cross-validated relative error (the simplest within 2% of the best), fit it.
-
-        Forms, simplest first: ``inverse`` (only the ``1/quota`` terms; the only one a single
-        measured quota supports), ``linear`` (all but saturation), ``saturating`` (all five, the
-        saturation estimated on the training points). Few points favour the simple forms: a
-        flexible one fitted to four points predicts the fifth badly, and the cross-validation sees it.
+        Higher is better, as scikit-learn scores are (0.0 is perfect); in-sample on the profile the
+        model was fitted to. For held-out accuracy see :func:`cross_val_predict` and ``held_out=True``.
         """
-        forms = [_FORMS["inverse"]]
-        if len(np.unique(q)) > 1 and len(y) >= 4:
-            forms += [_FORMS["linear"], _FORMS["saturating"]]
-        columns = forms[0]
-        if len(forms) > 1:
-            errors = [self._form_error(b, q, y, form) for form in forms]
-            columns = next(f for f, e in zip(forms, errors, strict=True) if e <= min(errors) * 1.02)
-        saturation = _best_saturation(b, q, y, self.capacity) if 4 in columns else None
-        return _solve(b, q, y, columns, saturation)
-
-    def _form_error(self, b: np.ndarray, q: np.ndarray, y: np.ndarray, columns: tuple[int, ...]) -> float:
-        errors = []
-        for train, test in _folds(len(y), self.folds):
-            bt, qt, yt = b[train], q[train], y[train]
-            saturation = _best_saturation(bt, qt, yt, self.capacity) if 4 in columns else None
-            coef, _ = _nnls(bt, qt, yt, columns, saturation)
-            predicted = features(b[test], q[test], saturation) @ coef
-            errors.extend(np.abs(predicted - y[test]) / y[test])
-        return float(np.mean(errors))
-
-    def _cross_predict(self, b: np.ndarray, q: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = np.full_like(y, np.nan)  # a lone point cannot be held out
-        if len(y) < 2:
-            return out
-        for train, test in _folds(len(y), self.folds):
-            out[test] = self._fit_curve(b[train], q[train], y[train]).predict(b[test], q[test])
-        return out
+        _check_fitted(self)
+        rows = [
+            (self.predict(s.module, s.pass_, s.batch, s.quota), s.seconds)
+            for s in profile.samples
+            if s.feasible and s.module in self.modules_ and s.pass_ in _passes(self.backward_, s.module)
+        ]
+        if not rows:
+            raise ValueError("the profile has no feasible point of this model's modules to score")
+        predicted, measured = zip(*rows, strict=True)
+        return -mape(predicted, measured)
 
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        if self._time_fn is not None:
-            raise TypeError(
-                "an analytic PerfModel (from_function) holds Python functions and cannot be saved"
-            )
-        scores = self.score() if self.profile is not None else self._scores
+        _check_fitted(self)
         return {
             "kind": "lightning_mosaic.PerfModel",
             "schema_version": SCHEMA_VERSION,
             "features": list(FEATURES),
-            "device": self.device,
-            "quota_unit": self.quota_unit,
-            "capacity": self.capacity,
-            "modules": self.modules,
-            "backward": self.backward,
-            "calls": self.calls,
+            "folds": self.folds,
+            "device": self.device_,
+            "quota_unit": self.quota_unit_,
+            "capacity": self.capacity_,
+            "modules": self.modules_,
+            "backward": self.backward_,
+            "calls": self.calls_,
             "curves": {
                 m: {p: {"coef": c.coef, "saturation": c.saturation} for p, c in passes.items()}
-                for m, passes in self.curves.items()
+                for m, passes in self.curves_.items()
             },
-            "memory": self.memory_coef,
-            "scores": scores,
+            "memory": self.memory_coef_,
+            "scores": getattr(self, "held_out_mape_", None),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PerfModel:
+        """A fitted model from :meth:`to_dict` data (its held-out rows are not saved; the MAPE is)."""
         if not isinstance(data, dict) or data.get("kind") != "lightning_mosaic.PerfModel":
             raise ValueError("not a saved PerfModel (no 'kind': 'lightning_mosaic.PerfModel')")
         if data.get("schema_version") != SCHEMA_VERSION or data.get("features") != list(FEATURES):
@@ -300,22 +239,23 @@ class PerfModel:
                 f"saved PerfModel has schema_version {data.get('schema_version')!r} and features"
                 f" {data.get('features')!r}; this version reads {SCHEMA_VERSION} with {list(FEATURES)}"
             )
-        model = cls()
+        model = cls(folds=data.get("folds", 5))
         try:
-            model.device, model.quota_unit, model.capacity = (
+            model.device_, model.quota_unit_, model.capacity_ = (
                 data["device"],
                 data["quota_unit"],
                 data["capacity"],
             )
-            model.modules, model.backward, model.calls = data["modules"], data["backward"], data["calls"]
-            model.curves = {
+            model.modules_, model.backward_, model.calls_ = data["modules"], data["backward"], data["calls"]
+            model.curves_ = {
                 m: {p: Curve(list(c["coef"]), c["saturation"]) for p, c in passes.items()}
                 for m, passes in data["curves"].items()
             }
-            model.memory_coef = {m: list(v) for m, v in data["memory"].items()}
+            model.memory_coef_ = {m: list(v) for m, v in data["memory"].items()}
         except (KeyError, TypeError) as err:
             raise ValueError(f"saved PerfModel is missing or has a malformed field: {err}") from err
-        model._scores = data.get("scores")
+        if data.get("scores") is not None:
+            model.held_out_mape_ = dict(data["scores"])
         return model
 
     def save(self, path: str | os.PathLike) -> None:
@@ -332,21 +272,185 @@ class PerfModel:
             raise ValueError(f"cannot load performance model {path}: {err}") from err
 
     def describe(self) -> str:
-        unit = "SMs" if self.quota_unit == "sm" else "threads"
-        if self._time_fn is not None:
-            return f"analytic performance model of {self.modules} ({self.capacity} {unit})"
-        scores = self._scores or {}
+        _check_fitted(self)
+        unit = unit_label(self.quota_unit_)
+        scores = getattr(self, "held_out_mape_", {})
         lines = [
-            f"performance model of {len(self.modules)} modules on {self.device} ({self.capacity} {unit})"
+            f"performance model of {len(self.modules_)} modules on {self.device_} ({self.capacity_} {unit})"
         ]
-        for name in self.modules:
-            mape = f"held-out MAPE {scores[name]:.1%}" if name in scores else "not scored"
+        for name in self.modules_:
+            mape_text = f"held-out MAPE {scores[name]:.1%}" if name in scores else "not scored"
             terms = []
-            for pass_, curve in self.curves[name].items():
+            for pass_, curve in self.curves_[name].items():
                 sat = f", saturates at {curve.saturation:.3g} {unit}/sample" if curve.saturation else ""
                 terms.append(f"{pass_}{sat}")
-            lines.append(f"  {name}: {mape}; {'; '.join(terms)}")
+            lines.append(f"  {name}: {mape_text}; {'; '.join(terms)}")
         return "\n".join(lines)
+
+
+class AnalyticModel:
+    """Seconds and bytes from functions, with the :class:`CostModel` interface: tests and what-ifs.
+
+    ``time_fn(module, pass_, batch, quota)`` gives seconds, ``memory_fn(module, batch)`` bytes (0
+    when not given). ``backward`` marks units without a backward pass (``False``), ``calls`` the
+    calls per step (default 1).
+    """
+
+    def __init__(
+        self,
+        time_fn: TimeFn,
+        memory_fn: MemoryFn | None = None,
+        *,
+        modules: Sequence[str],
+        capacity: int,
+        quota_unit: str = "sm",
+        device: str = "analytic",
+        backward: Mapping[str, bool] | None = None,
+        calls: Mapping[str, int] | None = None,
+    ) -> None:
+        if not callable(time_fn) or (memory_fn is not None and not callable(memory_fn)):
+            raise TypeError("time_fn (and memory_fn, when given) must be callables")
+        if quota_unit not in QUOTA_UNITS:
+            raise ValueError(f"quota_unit={quota_unit!r} is not one of {QUOTA_UNITS}")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"capacity={capacity!r} must be a positive whole number of {quota_unit}s")
+        self.modules = list(modules)
+        if not self.modules:
+            raise ValueError("an AnalyticModel needs the module names (`modules=`)")
+        self.capacity, self.quota_unit, self.device = capacity, quota_unit, device
+        self.backward = {m: True for m in self.modules} | dict(backward or {})
+        self.calls = {m: 1 for m in self.modules} | dict(calls or {})
+        self.time_fn, self.memory_fn = time_fn, memory_fn
+
+    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
+        """Seconds of one pass, from ``time_fn`` (0 for the backward of a unit without one)."""
+        if not _check_query(self, module, pass_, batch, quota):
+            return 0.0
+        return float(self.time_fn(module, pass_, batch, quota))
+
+    def memory(self, module: str, batch: float) -> int:
+        """Bytes from ``memory_fn`` (0 without one)."""
+        _check_unit(self, module, batch)
+        return int(self.memory_fn(module, batch)) if self.memory_fn else 0
+
+    def describe(self) -> str:
+        return f"analytic performance model of {self.modules} ({self.capacity} {unit_label(self.quota_unit)})"
+
+
+def cross_val_predict(profile: Profile, folds: int = 5) -> list[dict[str, Any]]:
+    """Every feasible point of ``profile`` with its measured time and the time predicted without it.
+
+    Each unit's curve is fitted K times (``sklearn.model_selection.KFold``), each time without one
+    fold, choosing its form and saturation on the rest, and predicts the fold held out. A curve with
+    a single point has no held-out prediction (NaN).
+    """
+    folds = _check_folds(folds)
+    rows = []
+    backward = {m.name: m.backward for m in profile.modules}
+    for name in profile.module_names:
+        for pass_ in _passes(backward, name):
+            b, q, y = _arrays(profile, name, pass_)
+            predicted = np.full_like(y, np.nan)
+            if len(y) >= 2:
+                for train, test in _folds(len(y), folds):
+                    curve = _fit_curve(b[train], q[train], y[train], folds, profile.capacity)
+                    predicted[test] = curve.predict(b[test], q[test])
+            for bi, qi, yi, pi in zip(b, q, y, predicted, strict=True):
+                rows.append(
+                    {
+                        "module": name,
+                        "pass": pass_,
+                        "batch": int(bi),
+                        "quota": int(qi),
+                        "measured": float(yi),
+                        "predicted": float(pi),
+                        "error": abs(float(pi) - float(yi)) / float(yi),
+                    }
+                )
+    return rows
+
+
+def _mape_by_module(rows: list[dict[str, Any]], modules: Sequence[str]) -> dict[str, float]:
+    """The mean held-out error per unit (units whose points have no held-out prediction are left out)."""
+    out = {}
+    for name in modules:
+        errors = [r["error"] for r in rows if r["module"] == name and not math.isnan(r["error"])]
+        if errors:
+            out[name] = float(np.mean(errors))
+    return out
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _check_fitted(model: PerfModel) -> None:
+    """``NotFittedError`` (scikit-learn's) unless ``model`` was fitted or loaded."""
+    if not hasattr(model, "curves_"):  # the cheap test first: this runs on every query
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(model, "curves_")
+
+
+def _check_folds(folds: Any) -> int:
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"folds={folds!r} must be a whole number, at least 2")
+    return folds
+
+
+def _check_unit(model: Any, module: str, batch: float) -> None:
+    if module not in model.modules:
+        raise ValueError(f"module {module!r} is not in the performance model; it has {model.modules}")
+    if not (isinstance(batch, (int, float)) and batch > 0):
+        raise ValueError(f"batch={batch!r} must be a positive number of samples")
+
+
+def _check_query(model: Any, module: str, pass_: str, batch: float, quota: float) -> bool:
+    """Validate a time query; False when the pass does not exist (a unit without backward)."""
+    _check_unit(model, module, batch)
+    if pass_ not in PASSES:
+        raise ValueError(f"pass_={pass_!r} is not one of {PASSES}")
+    if not (isinstance(quota, (int, float)) and 0 < quota <= model.capacity):
+        raise ValueError(f"quota={quota!r} must be in (0, {model.capacity}] {model.quota_unit}s")
+    return pass_ == "forward" or model.backward.get(module, True)
+
+
+# ---------------------------------------------------------------------- fitting
+
+
+def _passes(backward: Mapping[str, bool], module: str) -> tuple[str, ...]:
+    return PASSES if backward.get(module, True) else ("forward",)
+
+
+def _fit_curve(b: np.ndarray, q: np.ndarray, y: np.ndarray, folds: int, capacity: int) -> Curve:
+    """Choose a form by cross-validated relative error (the simplest within 2% of the best), fit it.
+
+    Forms, simplest first: ``inverse`` (only the ``1/quota`` terms; the only one a single
+    measured quota supports), ``linear`` (all but saturation), ``saturating`` (all five, the
+    saturation estimated on the training points). Few points favour the simple forms: a
+    flexible one fitted to four points predicts the fifth badly, and the cross-validation sees it.
+    """
+    forms = [_FORMS["inverse"]]
+    if len(np.unique(q)) > 1 and len(y) >= 4:
+        forms += [_FORMS["linear"], _FORMS["saturating"]]
+    columns = forms[0]
+    if len(forms) > 1:
+        errors = [_form_error(b, q, y, form, folds, capacity) for form in forms]
+        columns = next(f for f, e in zip(forms, errors, strict=True) if e <= min(errors) * 1.02)
+    saturation = _best_saturation(b, q, y, capacity) if 4 in columns else None
+    return _solve(b, q, y, columns, saturation)
+
+
+def _form_error(
+    b: np.ndarray, q: np.ndarray, y: np.ndarray, columns: tuple[int, ...], folds: int, capacity: int
+) -> float:
+    errors = []
+    for train, test in _folds(len(y), folds):
+        bt, qt, yt = b[train], q[train], y[train]
+        saturation = _best_saturation(bt, qt, yt, capacity) if 4 in columns else None
+        coef, _ = _nnls(bt, qt, yt, columns, saturation)
+        predicted = features(b[test], q[test], saturation) @ coef
+        errors.extend(np.abs(predicted - y[test]) / y[test])
+    return float(np.mean(errors))
 
 
 def _arrays(profile: Profile, module: str, pass_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -406,15 +510,10 @@ def _best_saturation(b: np.ndarray, q: np.ndarray, y: np.ndarray, capacity: int)
 
 
 def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K-fold splits of ``n`` points, shuffled with a fixed seed (each point held out exactly once)."""
-    order = np.random.default_rng(0).permutation(n)
-    k = min(k, n)
-    out = []
-    for i in range(k):
-        test = np.sort(order[i::k])
-        train = np.setdiff1d(np.arange(n), test)
-        out.append((train, test))
-    return out
+    """K-fold splits of ``n`` points (each held out exactly once), shuffled with a fixed seed."""
+    from sklearn.model_selection import KFold
+
+    return list(KFold(n_splits=min(k, n), shuffle=True, random_state=0).split(np.arange(n)))
 
 
 def _fit_memory(profile: Profile, module: str) -> list[float]:

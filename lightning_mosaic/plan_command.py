@@ -15,26 +15,21 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lightning_mosaic.devices import PRESETS, DeviceSpec
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.planner import METHODS, plan
 from lightning_mosaic.profile import Profile, ProfileError
 
-
-def profiled_device(profile: Profile) -> DeviceSpec:
-    """The device a profile was measured on, as a DeviceSpec (a preset when the name matches one)."""
-    for spec in PRESETS.values():
-        if spec.name == profile.device and spec.sm_count == profile.capacity:
-            return spec
-    memory = DeviceSpec.from_current("cpu").memory_bytes if profile.device_type == "cpu" else 2**50
-    minimum, multiple = profile.granularity
-    return DeviceSpec(profile.device, profile.capacity, multiple, memory, minimum)
+if TYPE_CHECKING:
+    from lightning_mosaic.perfmodel import AnalyticModel, CostModel
 
 
-def what_if_model(model: PerfModel, device: DeviceSpec) -> PerfModel:
+def what_if_model(model: CostModel, device: DeviceSpec) -> AnalyticModel:
     """``model`` on ``device``'s SM count: quotas beyond the profiled count scale time as 1 / quota."""
+    from lightning_mosaic.perfmodel import AnalyticModel
+
     cap = model.capacity
 
     def time_fn(module: str, pass_: str, batch: float, quota: float) -> float:
@@ -42,11 +37,15 @@ def what_if_model(model: PerfModel, device: DeviceSpec) -> PerfModel:
             return model.predict(module, pass_, batch, quota)
         return model.predict(module, pass_, batch, cap) * cap / quota
 
-    out = PerfModel.from_function(
-        time_fn, model.memory, modules=model.modules, capacity=device.sm_count, backward=model.backward
+    return AnalyticModel(
+        time_fn,
+        model.memory,
+        modules=model.modules,
+        capacity=device.sm_count,
+        backward=model.backward,
+        calls=model.calls,
+        device=device.name,
     )
-    out.calls = dict(model.calls)
-    return out
 
 
 def main(argv: Sequence[str]) -> int:
@@ -73,7 +72,7 @@ def main(argv: Sequence[str]) -> int:
     except ProfileError as err:
         parser.exit(1, f"lightning-mosaic plan: {err}\n")
     try:
-        device = DeviceSpec.preset(args.device) if args.device else profiled_device(profile)
+        device = DeviceSpec.preset(args.device) if args.device else DeviceSpec.from_profile(profile)
     except ValueError as err:
         parser.error(str(err))
     other_device = device.name != profile.device or device.sm_count != profile.capacity
@@ -92,6 +91,8 @@ def main(argv: Sequence[str]) -> int:
         graph = ModuleGraph.from_dict(profile.graph)
     else:
         parser.error(f"{args.profile} holds no module graph; pass --graph GRAPH.json")
+    from lightning_mosaic.perfmodel import PerfModel  # scikit-learn: after the arguments are parsed
+
     model = PerfModel().fit(profile)
     if device.sm_count != model.capacity:
         model = what_if_model(model, device)
@@ -102,7 +103,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as err:
         parser.exit(1, f"lightning-mosaic plan: {err}\n")
     if other_device or other_batch:
-        chosen.notes.append(
+        chosen = chosen.with_notes(
             f"what-if: planned for {device.name} at batch {args.batch_size}"
             f" from a profile of {profile.device} at batch {profile.batch_size}"
             + (

@@ -1,235 +1,23 @@
-"""Deployment plans: which units run side by side, under which quota, in how many micro-batches.
+"""The search for a deployment plan: SM quotas per unit and phase, micro-batches, units one step ahead.
 
-A ``Plan`` is plain data (JSON round-trip, ``describe()``). A step runs its phases in order; the
-units of one phase run side by side, each under its quota (SMs on a GPU, intra-op threads on a
-CPU; ``None`` is the whole device). The temporal plan runs every unit alone on the whole device,
-one after another, which is what plain PyTorch does.
+:func:`plan` simulates candidate plans (``simulator.py``) with a performance model and returns the
+fastest that fits memory, or the temporal plan when nothing is at least ``MIN_GAIN`` faster. Plans
+themselves are plain data (``plan.py``).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lightning_mosaic._files import write_text
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.plan import Phase, Plan, temporal_plan
+from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
 
 if TYPE_CHECKING:
     from lightning_mosaic.devices import DeviceSpec
-    from lightning_mosaic.perfmodel import PerfModel
-
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class Phase:
-    """Units that run side by side, each with its quota (``None``: the whole device)."""
-
-    quotas: dict[str, int | None]
-
-    def __post_init__(self) -> None:
-        if not self.quotas:
-            raise ValueError("a phase needs at least one module")
-        for name, quota in self.quotas.items():
-            if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool) or quota <= 0):
-                raise ValueError(f"quota of module {name!r} must be a positive int or None, got {quota!r}")
-
-    @property
-    def modules(self) -> list[str]:
-        return list(self.quotas)
-
-
-@dataclass
-class Plan:
-    """How one training step runs its units."""
-
-    phases: list[Phase]
-    micro_batches: int = 1
-    device: str = "unknown"
-    method: str = "temporal"
-    predicted_step_s: float | None = None
-    predicted_temporal_s: float | None = None
-    predicted_peak_bytes: int | None = None
-    notes: list[str] = field(default_factory=list)
-    lookahead: list[str] = field(default_factory=list)  # frozen units computed one step ahead
-
-    def __post_init__(self) -> None:
-        if (
-            not isinstance(self.micro_batches, int)
-            or isinstance(self.micro_batches, bool)
-            or self.micro_batches < 1
-        ):
-            raise ValueError(f"micro_batches must be an int >= 1, got {self.micro_batches!r}")
-        seen: dict[str, int] = {}
-        for index, phase in enumerate(self.phases):
-            for name in phase.quotas:
-                if name in seen:
-                    raise ValueError(f"module {name!r} appears in phase {seen[name]} and in phase {index}")
-                seen[name] = index
-        unknown = [name for name in self.lookahead if name not in seen]
-        if unknown:
-            raise ValueError(f"lookahead names {unknown}, which are in no phase of the plan")
-        if self.lookahead and self.micro_batches != 1:
-            raise ValueError(
-                f"lookahead {self.lookahead} needs whole batches, not {self.micro_batches} micro-batches"
-            )
-
-    @property
-    def modules(self) -> list[str]:
-        """Every unit the plan places, in phase order."""
-        return [name for phase in self.phases for name in phase.quotas]
-
-    @property
-    def is_temporal(self) -> bool:
-        """True when every unit runs alone on the whole device and the batch is not split."""
-        return self.micro_batches == 1 and all(
-            len(p.quotas) == 1 and None in p.quotas.values() for p in self.phases
-        )
-
-    @property
-    def sequential(self) -> bool:
-        """True for the temporal plan (split into micro-batches or not): units inline, one after another."""
-        return self.method == "temporal" and all(
-            len(p.quotas) == 1 and None in p.quotas.values() for p in self.phases
-        )
-
-    @property
-    def speedup(self) -> float | None:
-        """Predicted temporal step time over predicted step time, when both are known."""
-        if self.predicted_step_s and self.predicted_temporal_s:
-            return self.predicted_temporal_s / self.predicted_step_s
-        return None
-
-    def check_graph(self, graph: ModuleGraph) -> None:
-        """Raise ``ValueError`` unless the plan places exactly the units of ``graph``."""
-        missing = [n for n in graph.modules if n not in self.modules]
-        extra = [n for n in self.modules if n not in graph.modules]
-        if missing or extra:
-            raise ValueError(
-                f"plan does not match the module graph: modules missing from the plan {missing},"
-                f" modules in the plan but not in the graph {extra}"
-            )
-
-    def describe(self) -> str:
-        """A readable multi-line summary."""
-        kind = "temporal (every module alone on the whole device)" if self.is_temporal else self.method
-        lines = [
-            f"Plan for {self.device}: {kind}, {self.micro_batches} micro-batch"
-            f"{'es' if self.micro_batches != 1 else ''} per step"
-        ]
-        for index, phase in enumerate(self.phases):
-            quotas = ", ".join(
-                f"{name} ({'whole device' if q is None else q})" for name, q in phase.quotas.items()
-            )
-            lines.append(f"  phase {index}: {quotas}")
-        if self.predicted_step_s is not None:
-            line = f"  predicted step {self.predicted_step_s * 1e3:.2f} ms"
-            if self.predicted_temporal_s is not None:
-                line += f" vs temporal {self.predicted_temporal_s * 1e3:.2f} ms"
-            if self.speedup is not None:
-                line += f" ({self.speedup:.2f}x)"
-            lines.append(line)
-        if self.predicted_peak_bytes is not None:
-            lines.append(f"  predicted peak memory {self.predicted_peak_bytes / 2**30:.2f} GiB")
-        if self.lookahead:
-            lines.append(
-                f"  one step ahead (frozen, overlapping the previous step): {', '.join(self.lookahead)}"
-            )
-        lines.extend(f"  note: {note}" for note in self.notes)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "phases": [dict(p.quotas) for p in self.phases],
-            "micro_batches": self.micro_batches,
-            "device": self.device,
-            "method": self.method,
-            "predicted_step_s": self.predicted_step_s,
-            "predicted_temporal_s": self.predicted_temporal_s,
-            "predicted_peak_bytes": self.predicted_peak_bytes,
-            "notes": list(self.notes),
-            "lookahead": list(self.lookahead),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"plan schema version {version!r} is not supported (expected {SCHEMA_VERSION})")
-        return cls(
-            phases=[Phase(quotas=dict(q)) for q in data["phases"]],
-            micro_batches=data.get("micro_batches", 1),
-            device=data.get("device", "unknown"),
-            method=data.get("method", "temporal"),
-            predicted_step_s=data.get("predicted_step_s"),
-            predicted_temporal_s=data.get("predicted_temporal_s"),
-            predicted_peak_bytes=data.get("predicted_peak_bytes"),
-            notes=list(data.get("notes", [])),
-            lookahead=list(data.get("lookahead", [])),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_text(path, self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        try:
-            with open(path) as f:
-                return cls.from_json(f.read())
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot read plan file {os.fspath(path)!r}: {err}") from err
-
-
-def temporal_plan(graph: ModuleGraph, device: str | torch.device = "cpu") -> Plan:
-    """The plan plain PyTorch follows: every unit alone on the whole device, in topological order."""
-    return Plan(
-        phases=[Phase(quotas={name: None}) for name in graph.topological_order()],
-        device=device_name(device),
-        method="temporal",
-    )
-
-
-def device_name(device: str | torch.device) -> str:
-    """A readable name for ``device`` (the GPU's product name on CUDA)."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
-def concurrent_plan(
-    graph: ModuleGraph,
-    quotas: Mapping[str, int | None],
-    device: str | torch.device = "cpu",
-    method: str = "user",
-) -> Plan:
-    """Units of each level of ``graph`` side by side, each under its quota (``None``: the whole device).
-
-    This is what the engine does with concurrent streams and fixed quotas: a unit starts as soon as
-    its inputs are ready, so units that do not depend on each other overlap.
-    """
-    return Plan(
-        phases=[Phase(quotas={name: quotas.get(name) for name in level}) for level in graph.levels()],
-        device=device_name(device),
-        method=method,
-    )
-
-
-# ---------------------------------------------------------------------- search
+    from lightning_mosaic.perfmodel import CostModel
 
 METHODS = ("heuristic", "exhaustive")
 MIN_GAIN = 0.02  # below this predicted gain, the temporal plan is returned
@@ -238,7 +26,7 @@ MEMORY_HEADROOM = 0.9  # share of device memory the predicted activations may us
 
 def plan(
     graph: ModuleGraph,
-    perf_model: PerfModel,
+    perf_model: CostModel,
     device: DeviceSpec,
     batch_size: int,
     method: str = "heuristic",
@@ -248,8 +36,9 @@ def plan(
 ) -> Plan:
     """The deployment plan with the shortest simulated step for ``graph`` on ``device``.
 
-    ``perf_model`` is a :class:`~lightning_mosaic.perfmodel.PerfModel` (fitted or analytic) whose
-    capacity is ``device.sm_count``; ``device`` a :class:`~lightning_mosaic.devices.DeviceSpec`.
+    ``perf_model`` is a fitted :class:`~lightning_mosaic.perfmodel.PerfModel` or an
+    :class:`~lightning_mosaic.perfmodel.AnalyticModel` whose capacity is ``device.sm_count``;
+    ``device`` a :class:`~lightning_mosaic.devices.DeviceSpec`.
     Phases are the graph's levels (units that do not depend on each other); each unit gets a quota
     from ``device.quotas()`` (the whole device = ``None``), the quotas of a phase adding up to at
     most the device. ``micro_batches`` fixes the micro-batch count; by default the divisors of
@@ -262,8 +51,6 @@ def plan(
     When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the temporal plan
     is returned (with its predictions).
     """
-    from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
-
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     check_inputs(graph, perf_model, batch_size)
@@ -316,11 +103,14 @@ def plan(
             found = _local_search(levels, options, device, k, score, alone)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], k, found[1], ahead)
-    base = temporal_plan(graph, "cpu")
+    base = temporal_plan(graph, device.name)
     base_timeline = simulate(graph, perf_model, base, batch_size)
-    base.device = device.name
-    base.predicted_step_s = base.predicted_temporal_s = base_timeline.step_s
-    base.predicted_peak_bytes = base_timeline.peak_bytes
+    base = replace(
+        base,
+        predicted_step_s=base_timeline.step_s,
+        predicted_temporal_s=base_timeline.step_s,
+        predicted_peak_bytes=base_timeline.peak_bytes,
+    )
     nothing_fits = best is None or best[0] == float("inf")
     if nothing_fits and base_timeline.peak_bytes > budget:
         leanest_peak, leanest = min((peak, key[0]) for key, (_, peak) in cache.items())
@@ -332,30 +122,29 @@ def plan(
             " use a smaller batch"
         )
     if nothing_fits or best[0] > base_timeline.step_s * (1 - MIN_GAIN):
-        base.method = "temporal"
+        notes = []
         if nothing_fits:
-            base.notes.append(
-                f"no plan searched keeps its activations within {MEMORY_HEADROOM:.0%} of memory"
-            )
+            notes.append(f"no plan searched keeps its activations within {MEMORY_HEADROOM:.0%} of memory")
         else:
             gain = 1 - best[0] / base_timeline.step_s
-            base.notes.append(
+            notes.append(
                 f"{method} search found a predicted gain of {gain:.1%}, under {MIN_GAIN:.0%}:"
                 " temporal plan kept"
             )
         if base_timeline.peak_bytes > budget:
-            base.notes.append(
+            notes.append(
                 f"the temporal plan's predicted activations ({base_timeline.peak_bytes / 2**30:.2f} GiB)"
                 f" exceed {MEMORY_HEADROOM:.0%} of {device.name}'s memory"
             )
-        return base
+        return base.with_notes(*notes)
     step, k, quotas, ahead = best
-    chosen = _make_plan(levels, quotas, k, device, ahead)
-    chosen.method = method
-    chosen.predicted_step_s = step
-    chosen.predicted_temporal_s = base_timeline.step_s
-    chosen.predicted_peak_bytes = cache[(k, ahead, quotas)][1]
-    return chosen
+    return replace(
+        _make_plan(levels, quotas, k, device, ahead),
+        method=method,
+        predicted_step_s=step,
+        predicted_temporal_s=base_timeline.step_s,
+        predicted_peak_bytes=cache[(k, ahead, quotas)][1],
+    )
 
 
 def _with_ahead(evaluate: Any, ahead: tuple[str, ...], k: int, quotas: tuple[int, ...]) -> tuple[float, int]:
@@ -422,10 +211,10 @@ def _make_plan(
     levels: list[list[str]], quotas: tuple[int, ...], k: int, device: Any, ahead: tuple[str, ...] = ()
 ) -> Plan:
     flat = iter(quotas)
-    phases = [
+    phases = tuple(
         Phase({m: (None if (q := next(flat)) >= device.sm_count else q) for m in level}) for level in levels
-    ]
-    return Plan(phases=phases, micro_batches=k, device=device.name, lookahead=list(ahead))
+    )
+    return Plan(phases=phases, micro_batches=k, device=device.name, lookahead=ahead)
 
 
 def _exhaustive(levels, options, device, k, evaluate):

@@ -17,15 +17,16 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from lightning_mosaic._files import write_text
+from lightning_mosaic.devices import QUOTA_UNITS, unit_label
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SCHEMA_VERSION = 1
 PASSES = ("forward", "backward")
-QUOTA_UNITS = ("sm", "thread")
 
 
 class ProfileError(ValueError):
@@ -127,7 +128,7 @@ class Profile:
         if self.device != device:
             return f"it was measured on {self.device!r}, this run is on {device!r}"
         if capacity is not None and capacity != self.capacity:
-            unit = "SMs" if self.quota_unit == "sm" else "threads"
+            unit = unit_label(self.quota_unit)
             return f"it was measured with {self.capacity} {unit}, this run has {capacity}"
         if self.fingerprint.get("digest") != fingerprint.get("digest"):
             ours, theirs = self.fingerprint.get("modules", {}), fingerprint.get("modules", {})
@@ -190,7 +191,7 @@ class Profile:
     # ------------------------------------------------------------------ text
 
     def describe(self) -> str:
-        unit = "SMs" if self.quota_unit == "sm" else "threads"
+        unit = unit_label(self.quota_unit)
         lines = [
             f"profile of {len(self.modules)} modules on {self.device} ({self.capacity} {unit}), torch "
             f"{self.torch_version}, batch {self.batch_size}",

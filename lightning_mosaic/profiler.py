@@ -42,9 +42,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+import lightning_mosaic.engine.green as green
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors, map_tensors
-from lightning_mosaic.engine import green
+from lightning_mosaic.devices import DeviceSpec, device_name, unit_label
 from lightning_mosaic.profile import (
     MemorySample,
     ModuleInfo,
@@ -159,20 +160,6 @@ def quota_grid(capacity: int, minimum: int = 1, multiple: int = 1, steps: int = 
     return sorted(out)
 
 
-def device_label(device: torch.device) -> str:
-    """The device as profiles name it: the GPU's product name, or the device type (``cpu``)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
-def device_capacity(device: torch.device) -> int:
-    """All of ``device``: its SM count on a GPU, the intra-op threads on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return torch.get_num_threads()
-
-
 class _Clock:
     """Time marks on the CPU (``perf_counter``) or on the current CUDA stream (events)."""
 
@@ -202,14 +189,12 @@ class _Quotas:
         self.grants: list[dict[str, int]] = []
         self.api_text: str | None = None
         self._streams: dict[int, Any] = {}  # their green contexts live for the process (engine/green.py)
+        spec = DeviceSpec.from_current(device)
+        self.unit, self.capacity = spec.quota_unit, spec.sm_count
+        self.minimum, self.multiple = spec.minimum, spec.sm_granularity
         if device.type == "cuda":
-            props = torch.cuda.get_device_properties(device)
-            self.unit, self.capacity = "sm", props.multi_processor_count
-            self.minimum, self.multiple = green.granularity((props.major, props.minor))
             self._setup_cuda(quotas)
         else:
-            self.unit, self.capacity = "thread", device_capacity(device)
-            self.minimum, self.multiple = 1, 1
             wanted = self._checked(quotas) if quotas is not None else quota_grid(self.capacity)
             self.quotas = sorted(set(wanted) | {self.capacity})  # the whole device is always measured
 
@@ -218,7 +203,7 @@ class _Quotas:
             q for q in quotas if not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= self.capacity
         ]
         if bad or not quotas:
-            unit = "SMs" if self.unit == "sm" else "threads"
+            unit = unit_label(self.unit)
             raise ValueError(
                 f"quotas {list(quotas)!r} must be whole numbers of {unit} from 1 to {self.capacity}"
                 f" (the device's {unit}); bad: {bad}"
@@ -515,7 +500,7 @@ def profile_units(
     counts = calls or {}
     return Profile(
         fingerprint=fingerprint(units),  # every unit, called or not: what the callback compares
-        device=device_label(device),
+        device=device_name(device),
         device_type=device.type,
         quota_unit=runner.unit,
         capacity=runner.capacity,

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.devices import unit_label
 from lightning_mosaic.profile import Profile, ProfileError
+
+if TYPE_CHECKING:
+    from lightning_mosaic.perfmodel import PerfModel
 
 
 def render(profile: Profile, model: PerfModel) -> str:
-    """The tables of ``profile`` with ``model``'s held-out predictions."""
-    unit = "SMs" if profile.quota_unit == "sm" else "threads"
-    predicted = {(r["module"], r["pass"], r["batch"], r["quota"]): r for r in model.held_out()}
+    """The tables of ``profile`` with the held-out predictions of ``model`` (``PerfModel(held_out=True)``)."""
+    unit = unit_label(profile.quota_unit)
+    predicted = {(r["module"], r["pass"], r["batch"], r["quota"]): r for r in model.held_out_}
     lines = [profile.describe(), ""]
     for info in profile.modules:
         passes = ("forward", "backward") if info.backward else ("forward",)
@@ -37,7 +41,7 @@ def render(profile: Profile, model: PerfModel) -> str:
                     f"  {row['error']:>7.1%}"
                 )
             lines.append("")
-    scores = model.score()
+    scores = model.held_out_mape_
     lines.append("held-out MAPE per module (each point predicted by a model fitted without it):")
     width = max(len(name) for name in scores) if scores else 0
     lines.extend(f"  {name:<{width}}  {value:.1%}" for name, value in scores.items())
@@ -59,5 +63,7 @@ def main(argv: Sequence[str]) -> int:
         profile = Profile.load(args.profile)
     except ProfileError as err:
         parser.exit(1, f"lightning-mosaic show: {err}\n")
-    print(render(profile, PerfModel().fit(profile)))
+    from lightning_mosaic.perfmodel import PerfModel  # scikit-learn: after the arguments are parsed
+
+    print(render(profile, PerfModel(held_out=True).fit(profile)))
     return 0

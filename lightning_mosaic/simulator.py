@@ -28,11 +28,12 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.planner import Plan
+if TYPE_CHECKING:
+    from lightning_mosaic.graph import ModuleGraph
+    from lightning_mosaic.perfmodel import CostModel
+    from lightning_mosaic.plan import Plan
 
 _EPS = 1e-12
 
@@ -116,7 +117,7 @@ class _Tasks:
 
 
 def _tasks(
-    graph: ModuleGraph, perf_model: PerfModel, micro_batches: int, ahead: frozenset[str] = frozenset()
+    graph: ModuleGraph, perf_model: CostModel, micro_batches: int, ahead: frozenset[str] = frozenset()
 ) -> _Tasks:
     """The tasks and their dependencies; units in ``ahead`` (one step ahead) gate nobody this step."""
     order = graph.topological_order()
@@ -139,7 +140,7 @@ def _tasks(
     return _Tasks(keys, deps)
 
 
-def check_inputs(graph: ModuleGraph, perf_model: PerfModel, batch_size: int) -> None:
+def check_inputs(graph: ModuleGraph, perf_model: CostModel, batch_size: int) -> None:
     """``ValueError`` unless ``perf_model`` knows every unit of ``graph`` and ``batch_size`` is positive."""
     missing = [m for m in graph.modules if m not in perf_model.modules]
     if missing:
@@ -150,7 +151,7 @@ def check_inputs(graph: ModuleGraph, perf_model: PerfModel, batch_size: int) -> 
         raise ValueError(f"batch_size={batch_size!r} must be a positive whole number of samples")
 
 
-def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int) -> None:
+def _check(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: int) -> None:
     plan.check_graph(graph)
     check_inputs(graph, perf_model, batch_size)
     too_big = {
@@ -160,7 +161,7 @@ def _check(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: in
         raise ValueError(f"quotas {too_big} exceed the device's {perf_model.capacity} SMs")
 
 
-def simulate(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int) -> Timeline:
+def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: int) -> Timeline:
     """Place every task of one step under ``plan`` in time; see the module docstring."""
     _check(graph, perf_model, plan, batch_size)
     spec = _tasks(graph, perf_model, plan.micro_batches, frozenset(plan.lookahead))
@@ -168,7 +169,7 @@ def simulate(graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: 
 
 
 def _simulate(
-    graph: ModuleGraph, perf_model: PerfModel, plan: Plan, batch_size: int, spec: _Tasks
+    graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: int, spec: _Tasks
 ) -> Timeline:
     """:func:`simulate` without the checks, on a task graph built once (the planner simulates many plans)."""
     capacity = perf_model.capacity
@@ -237,7 +238,7 @@ def _simulate(
 
 def lower_bound(
     graph: ModuleGraph,
-    perf_model: PerfModel,
+    perf_model: CostModel,
     batch_size: int,
     micro_batches: int,
     quotas: list[int],

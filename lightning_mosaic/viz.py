@@ -55,7 +55,7 @@ def draw_plan(
     graph: Any, perf_model: Any, plan: Any, batch_size: int, path: str | os.PathLike
 ) -> tuple[int, int]:
     """Simulate one step of the temporal plan and of ``plan`` and draw both to ``path`` (a PNG)."""
-    from lightning_mosaic.planner import temporal_plan
+    from lightning_mosaic.plan import temporal_plan
     from lightning_mosaic.simulator import simulate
 
     baseline = simulate(graph, perf_model, temporal_plan(graph), batch_size)

@@ -9,7 +9,8 @@ from accelerate.state import AcceleratorState, GradientState
 from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters
 
 import lightning_mosaic.accelerate as mosaic_accelerate
-from lightning_mosaic.planner import Phase, Plan
+import lightning_mosaic.session as session_module
+from lightning_mosaic.plan import Phase, Plan
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +62,7 @@ def test_the_closed_loop_profiles_plans_and_keeps_the_numbers(tmp_path):
     assert_bitwise_equal(parameters(plain), parameters(mosaic))
     s = mosaic_accelerate.session(accelerator)
     assert s.planned and s.profile is not None and s.perf_model is not None
-    assert s.plan.micro_batches == 1 and s.plan.lookahead == []
+    assert s.plan.micro_batches == 1 and s.plan.lookahead == ()
     assert (tmp_path / "mosaic_profile.json").exists() and Plan.load(tmp_path / "mosaic_plan.json") == s.plan
 
 
@@ -77,7 +78,7 @@ def test_save_state_carries_the_plan_and_load_state_applies_it(tmp_path, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(mosaic_accelerate, "profile_units", never)
+    monkeypatch.setattr(session_module, "profile_units", never)
     (tmp_path / "mosaic_profile.json").unlink()
     restored, _ = train(
         steps=4,

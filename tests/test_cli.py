@@ -104,7 +104,7 @@ def _profile_with_graph(tmp_path, graph=True):
 def test_plan_writes_the_plan_and_a_timeline_png(tmp_path, capsys):
     import matplotlib.image
 
-    from lightning_mosaic.planner import Plan
+    from lightning_mosaic.plan import Plan
 
     profile = _profile_with_graph(tmp_path)
     out, png = tmp_path / "plan.json", tmp_path / "plan.png"

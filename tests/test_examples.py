@@ -27,7 +27,7 @@ def _main(name):
 
 def test_train_vlm_tiny_profiles_plans_and_trains(tmp_path):
     strategy = _main("train_vlm.py")(["--tiny", "--root", str(tmp_path)])
-    assert strategy.planned and strategy.profiler.profile is not None
+    assert strategy.planned and strategy.session.profile is not None
     log_dir = tmp_path / "lightning_logs" / "version_0"
     assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in log_dir.iterdir()}
 

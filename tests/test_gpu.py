@@ -37,7 +37,7 @@ def test_fp32_allclose_to_plain_lightning_after_10_steps(make, tmp_path):
     _, plain = _fit(model_fn(), "auto", data_fn())
     strategy = MosaicStrategy(micro_batches=1, warmup_steps=2, profile_seconds=15)
     t, mosaic = _fit(model_fn(), strategy, data_fn(), default_root_dir=tmp_path)
-    assert strategy.planned and strategy.profiler is not None and strategy.profiler.profile is not None
+    assert strategy.planned and strategy.session.profile is not None
     assert t.strategy.root_device.type == "cuda"
     moved = any(not torch.equal(before[k].cpu(), plain[k].cpu()) for k in plain)
     assert moved, "training moved the parameters"
@@ -87,7 +87,8 @@ def test_streams_run_the_two_encoders_kernels_overlapping():
 
 @pytest.mark.skipif(detect() is None or not detect().usable, reason="no usable torch.cuda.green_contexts")
 def test_a_quarter_of_the_sms_takes_about_four_times_as_long():
-    from lightning_mosaic.engine.green import grant, granularity, make_streams
+    from lightning_mosaic.devices import granularity
+    from lightning_mosaic.engine.green import grant, make_streams
 
     props = torch.cuda.get_device_properties(0)
     minimum, multiple = granularity((props.major, props.minor))
@@ -102,7 +103,7 @@ def test_a_quarter_of_the_sms_takes_about_four_times_as_long():
 
 
 def test_a_two_phase_plan_with_micro_batches_trains_like_plain_lightning():
-    from lightning_mosaic.planner import Phase, Plan
+    from lightning_mosaic.plan import Phase, Plan
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     half = sms // 2 // 8 * 8
@@ -134,7 +135,7 @@ def test_user_quotas_are_granted_on_the_gpu():
 
 
 def test_a_frozen_encoder_one_step_ahead_on_the_gpu():
-    from lightning_mosaic.planner import Phase, Plan
+    from lightning_mosaic.plan import Phase, Plan
 
     plan = Plan(
         [

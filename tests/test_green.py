@@ -1,4 +1,4 @@
-"""Green contexts: API detection by feature, SM granularity, grants, quota validation, stream creation."""
+"""Green contexts: API detection by feature, grants, quota validation, stream creation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_mosaic.engine import green
-from lightning_mosaic.engine.green import Grant, check_quotas, detect, grant, granularity, make_streams
+from lightning_mosaic.engine.green import Grant, check_quotas, detect, grant, make_streams
 
 
 class FakeStream:
@@ -82,14 +82,6 @@ def test_detect_absent_or_unsupported():
 
     supported = getattr(green_contexts, "SUPPORTED", True)  # False in a CPU build of torch
     assert (detect() is None) == (not supported)
-
-
-@pytest.mark.parametrize(
-    ("capability", "expected"),
-    [((9, 0), (8, 8)), ((10, 0), (8, 8)), ((8, 0), (4, 2)), ((7, 0), (2, 2)), ((6, 1), (1, 1))],
-)
-def test_granularity(capability, expected):
-    assert granularity(capability) == expected
 
 
 def test_grant_rounds_and_fits_on_an_h100():

@@ -9,7 +9,7 @@ import torch
 from helpers import TinyHFMultimodal, assert_bitwise_equal, hf_loader, hf_model, parameters, trainer
 
 from lightning_mosaic import MosaicStrategy
-from lightning_mosaic.planner import Phase, Plan
+from lightning_mosaic.plan import Phase, Plan
 
 UNITS = ["vision", "audio", "vision_proj", "audio_proj", "llm"]
 

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, default_collate
 
 from lightning_mosaic import MosaicStrategy
-from lightning_mosaic.planner import Phase, Plan
+from lightning_mosaic.plan import Phase, Plan
 
 
 class LoggedLoss(Callback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_mosaic.perfmodel import PerfModel, mape
+from lightning_mosaic.perfmodel import AnalyticModel, CostModel, PerfModel, cross_val_predict, mape
 from lightning_mosaic.profile import MemorySample, ModuleInfo, Profile, Sample
 from lightning_mosaic.profiler import quota_grid
 
@@ -51,8 +51,8 @@ def synthetic_profile(seed: int, batches=(4, 8, 16, 24, 32), quotas=None, noise=
 
 @pytest.mark.parametrize("seed", range(3))
 def test_fit_to_noisy_synthetic_profile_is_accurate_held_out_and_between_grid_points(seed):
-    model = PerfModel().fit(synthetic_profile(seed))
-    scores = model.score()
+    model = PerfModel(held_out=True).fit(synthetic_profile(seed))
+    scores = model.held_out_mape_
     assert set(scores) == set(SHAPES)
     assert all(value < 0.05 for value in scores.values()), scores  # held-out MAPE under 5% with 3% noise
     # points that are not on the grid: batches and quotas between the measured ones
@@ -67,24 +67,28 @@ def test_fit_to_noisy_synthetic_profile_is_accurate_held_out_and_between_grid_po
     assert errors[worst] < 0.05, (worst, errors[worst])
 
 
-def test_score_is_held_out_not_in_sample():
+def test_held_out_errors_are_held_out_and_score_is_in_sample():
     profile = synthetic_profile(0)
-    model = PerfModel().fit(profile)
-    rows = model.held_out()
+    model = PerfModel(held_out=True).fit(profile)
+    rows = model.held_out_
+    assert rows == cross_val_predict(profile, folds=5)
     assert len(rows) == len(profile.samples)
     in_sample = [
         abs(model.predict(r["module"], r["pass"], r["batch"], r["quota"]) / r["measured"] - 1) for r in rows
     ]
     held_out = [r["error"] for r in rows]
     assert np.mean(held_out) > np.mean(in_sample)  # a point predicted without it is predicted worse
-    assert model.score()["vision"] == pytest.approx(
+    assert model.held_out_mape_["vision"] == pytest.approx(
         np.mean([r["error"] for r in rows if r["module"] == "vision"])
     )
+    # score() follows scikit-learn: on the data given, higher is better (the negative MAPE)
+    assert model.score(profile) == pytest.approx(-np.mean(in_sample))
+    assert model.score(profile) > model.score(synthetic_profile(1, noise=0.2))
 
 
 def test_noiseless_fit_is_nearly_exact():
-    model = PerfModel().fit(synthetic_profile(0, noise=0.0))
-    assert max(model.score().values()) < 0.01
+    model = PerfModel(held_out=True).fit(synthetic_profile(0, noise=0.0))
+    assert max(model.held_out_mape_.values()) < 0.01
 
 
 def test_single_quota_profile_assumes_inverse_scaling():
@@ -117,8 +121,8 @@ def test_infeasible_points_are_ignored_by_the_fit():
     profile = synthetic_profile(0)
     for s in profile.samples[:5]:
         s.feasible, s.seconds, s.error = False, None, "out of memory"
-    model = PerfModel().fit(profile)
-    assert len(model.held_out()) == len(profile.samples) - 5
+    model = PerfModel(held_out=True).fit(profile)
+    assert len(model.held_out_) == len(profile.samples) - 5
 
 
 def test_a_module_without_feasible_points_cannot_be_fitted():
@@ -131,29 +135,53 @@ def test_a_module_without_feasible_points_cannot_be_fitted():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = PerfModel().fit(synthetic_profile(1))
+    model = PerfModel(held_out=True).fit(synthetic_profile(1))
     path = tmp_path / "model.json"
     model.save(path)
     loaded = PerfModel.load(path)
     for args in [("vision", "forward", 7, 33), ("llm", "backward", 30, 131)]:
         assert loaded.predict(*args) == model.predict(*args)
     assert loaded.memory("llm", 9) == model.memory("llm", 9)
-    assert loaded.score() == model.score()
+    assert loaded.held_out_mape_ == model.held_out_mape_
     assert "held-out MAPE" in loaded.describe()
     path.write_text('{"kind": "something else"}')
     with pytest.raises(ValueError, match=f"cannot load performance model {path}: not a saved PerfModel"):
         PerfModel.load(path)
 
 
-def test_from_function_has_the_same_interface():
-    model = PerfModel.from_function(truth, lambda m, b: 10 * b, modules=list(SHAPES), capacity=SMS)
+def test_the_analytic_model_answers_like_a_fitted_one():
+    model = AnalyticModel(
+        truth, lambda m, b: 10 * b, modules=list(SHAPES), capacity=SMS, backward={"vision": False}
+    )
+    fitted = PerfModel().fit(synthetic_profile(0))
+    assert isinstance(model, CostModel) and isinstance(fitted, CostModel)  # the planner's one protocol
     assert model.predict("llm", "forward", 8, 66) == truth("llm", "forward", 8, 66)
+    assert model.predict("vision", "backward", 8, 66) == 0.0, "no backward pass"
     assert model.memory("vision", 4) == 40
+    assert model.calls == {"vision": 1, "llm": 1} and model.backward == {"vision": False, "llm": True}
     assert "analytic" in model.describe()
-    with pytest.raises(ValueError, match=r"analytic model \(from_function\) has no measured points"):
-        model.score()
-    with pytest.raises(TypeError, match="cannot be saved"):
-        model.to_dict()
+    with pytest.raises(TypeError, match="must be callables"):
+        AnalyticModel(42, modules=["a"], capacity=8)
+    with pytest.raises(ValueError, match="needs the module names"):
+        AnalyticModel(truth, modules=[], capacity=8)
+
+
+def test_scikit_learn_conventions():
+    from sklearn.exceptions import NotFittedError
+
+    model = PerfModel(folds=3)
+    assert model.get_params() == {"folds": 3, "held_out": False}
+    with pytest.raises(NotFittedError):
+        model.predict("llm", "forward", 4, 8)
+    with pytest.raises(NotFittedError):
+        _ = model.modules
+    assert model.fit(synthetic_profile(0)) is model
+    assert model.modules_ == ["vision", "llm"] and model.capacity == model.capacity_ == SMS
+    assert not hasattr(model, "held_out_"), "held-out predictions only when asked for"
+    with pytest.raises(ValueError, match="folds=1 must be a whole number, at least 2"):
+        PerfModel(folds=1).fit(synthetic_profile(0))
+    with pytest.raises(TypeError, match="fit\\(\\) takes a Profile, got dict"):
+        PerfModel().fit({})
 
 
 @pytest.mark.parametrize(
@@ -170,9 +198,12 @@ def test_from_function_has_the_same_interface():
     ],
 )
 def test_bad_queries(args, message):
-    model = PerfModel.from_function(truth, modules=list(SHAPES), capacity=SMS)
-    with pytest.raises(ValueError, match=message):
-        model.predict(*args)
+    for model in (
+        AnalyticModel(truth, modules=list(SHAPES), capacity=SMS),
+        PerfModel().fit(synthetic_profile(0)),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.predict(*args)
 
 
 def test_mape():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lightning_mosaic.profile import Profile, validate
@@ -59,12 +62,36 @@ def captured_model(batch: int = 8):
     return model, units, capture
 
 
-def test_quota_grid():
-    assert quota_grid(132, 8, 8) == [8, 24, 40, 64, 96, 132]  # H100 SXM: multiples of 8
-    assert quota_grid(108, 4, 2) == [4, 14, 28, 50, 76, 108]  # A100: minimum 4, multiples of 2
-    assert quota_grid(2) == [1, 2]
+@settings(max_examples=300, deadline=None)
+@given(
+    multiple=st.sampled_from([1, 2, 4, 8]),
+    units=st.integers(1, 8),
+    capacity=st.integers(1, 400),
+    steps=st.integers(2, 10),
+)
+def test_quota_grid_spans_the_device_evenly_in_square_root(multiple, units, capacity, steps):
+    minimum = multiple * units  # the hardware's minimum is a multiple of its granularity
+    assume(capacity > minimum)
+    grid = quota_grid(capacity, minimum, multiple, steps)
+    if multiple == 1 and capacity <= steps:  # a few threads: every count
+        assert grid == list(range(minimum, capacity + 1))
+        return
+    assert grid == sorted(set(grid)) and grid[0] == minimum and grid[-1] == capacity
+    assert len(grid) <= steps
+    assert all(q % multiple == 0 for q in grid[:-1]), "partitions come in the hardware's granularity"
+    # Evenly spaced in square root: each point is within rounding (half a granule) of an ideal one...
+    low, step = math.sqrt(minimum), (math.sqrt(capacity) - math.sqrt(minimum)) / (steps - 1)
+    ideal = [(low + step * i) ** 2 for i in range(steps)]
+    for q in grid[1:-1]:
+        assert min(abs(q - x) for x in ideal) <= multiple / 2 + 1e-9, (q, ideal)
+    # ...and no point is lost where the ideal points are more than a granule apart.
+    if step * (2 * low + step) > multiple:
+        assert len(grid) == steps
+
+
+def test_quota_grid_on_small_devices_measures_every_count():
     assert quota_grid(4) == [1, 2, 3, 4]
-    assert quota_grid(64) == [1, 6, 14, 27, 44, 64]
+    assert quota_grid(2, 2) == [2]
 
 
 def test_capture_records_the_first_call_detached_with_its_state():

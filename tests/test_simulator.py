@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.perfmodel import PerfModel
-from lightning_mosaic.planner import Phase, Plan, temporal_plan
+from lightning_mosaic.perfmodel import AnalyticModel
+from lightning_mosaic.plan import Phase, Plan, temporal_plan
 from lightning_mosaic.simulator import Timeline, lower_bound, simulate
 
 BENCH = runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "planner_quality.py"))
@@ -34,7 +34,9 @@ def instances(draw):
     return graph, model, Plan(phases=phases, micro_batches=k, lookahead=ahead), batch
 
 
-def check_timeline(graph: ModuleGraph, model: PerfModel, plan: Plan, batch: int, timeline: Timeline) -> None:
+def check_timeline(
+    graph: ModuleGraph, model: AnalyticModel, plan: Plan, batch: int, timeline: Timeline
+) -> None:
     eps = 1e-12
     k = plan.micro_batches
     quota = {m: q or model.capacity for p in plan.phases for m, q in p.quotas.items()}
@@ -90,9 +92,9 @@ def test_temporal_timeline_runs_one_task_at_a_time_in_order():
     assert timeline.step_s == pytest.approx(expected)
 
 
-def test_independent_units_overlap_when_their_quotas_fit():
+def test_independent_units_overlap_in_the_simulated_step_when_their_quotas_fit():
     graph = ModuleGraph.from_edges({"a": [], "b": [], "c": ["a", "b"]})
-    model = PerfModel.from_function(lambda m, p, b, q: 1.0, modules=["a", "b", "c"], capacity=16)
+    model = AnalyticModel(lambda m, p, b, q: 1.0, modules=["a", "b", "c"], capacity=16)
     side_by_side = Plan([Phase({"a": 8, "b": 8}), Phase({"c": None})])
     timeline = simulate(graph, model, side_by_side, 4)
     starts = {(t.module, t.pass_): t.start for t in timeline.tasks}
@@ -104,12 +106,12 @@ def test_independent_units_overlap_when_their_quotas_fit():
 
 def test_memory_is_held_from_forward_to_backward():
     graph = ModuleGraph.from_edges({"a": [], "b": ["a"]})
-    model = PerfModel.from_function(
+    model = AnalyticModel(
         lambda m, p, b, q: 1.0, lambda m, b: {"a": 100, "b": 10}[m] * b, modules=["a", "b"], capacity=8
     )
     one = simulate(graph, model, temporal_plan(graph), 4)
     assert one.peak_bytes == 440  # both forwards' activations live until the backwards
-    frozen = PerfModel.from_function(
+    frozen = AnalyticModel(
         lambda m, p, b, q: 1.0,
         lambda m, b: {"a": 100, "b": 10}[m] * b,
         modules=["a", "b"],
@@ -136,6 +138,6 @@ def test_timeline_json_round_trip_and_describe():
 )
 def test_bad_input(plan, batch, message):
     graph = ModuleGraph.from_edges({"a": [], "b": ["a"]})
-    model = PerfModel.from_function(lambda m, p, b, q: 1.0, modules=["a", "b"], capacity=16)
+    model = AnalyticModel(lambda m, p, b, q: 1.0, modules=["a", "b"], capacity=16)
     with pytest.raises(ValueError, match=message):
         simulate(graph, model, plan, batch)

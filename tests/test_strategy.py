@@ -23,8 +23,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 
 import lightning_mosaic
-from lightning_mosaic import MosaicStrategy
+from lightning_mosaic import MosaicStrategy, planner
 from lightning_mosaic.demo import DemoMultimodalModel
+from lightning_mosaic.devices import DeviceSpec
+from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.session import Stage
 
 # ---------------------------------------------------------------- registration and construction
 
@@ -43,8 +46,12 @@ def test_trainer_accepts_name_and_instance(strategy):
     t = trainer(strategy)
     assert isinstance(t.strategy, MosaicStrategy)
     assert t.strategy.launcher is None, "one device runs in place, like SingleDeviceStrategy"
-    assert not t._accelerator_connector.is_distributed, "no distributed sampler with one device"
+    assert not t.strategy.is_distributed, "one process"
     assert t.strategy.root_device == torch.device("cpu")
+    t.fit(demo_model(), demo_data())
+    assert t.strategy.model is t.lightning_module, "no DistributedDataParallel wrapper with one device"
+    assert type(t.train_dataloader.sampler).__name__ == "SequentialSampler", "no distributed sampler"
+    assert not torch.distributed.is_initialized(), "no process group"
 
 
 def test_two_cpu_devices_are_distributed():
@@ -538,18 +545,26 @@ def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
     import logging
     from pathlib import Path
 
-    from lightning_mosaic.planner import Plan
+    from lightning_mosaic.plan import Plan
     from lightning_mosaic.profile import Profile
 
     with caplog.at_level(logging.INFO, logger="lightning_mosaic"):
         t, strategy, _ = _auto_fit(tmp_path)
-    assert strategy.planned and strategy.profiler is not None and not strategy.profiler.reused
+    session = strategy.session
+    assert strategy.planned and session.profile is not None and not session.reused
     plan = strategy.plan
-    assert plan.method in ("heuristic", "temporal") and plan.predicted_step_s is not None
+    # Exactly what the planner makes of the profile this run measured, on this device.
+    expected = planner.plan(
+        session.graph,
+        PerfModel().fit(session.profile),
+        DeviceSpec.from_current("cpu"),
+        session.profile.batch_size,
+    )
+    assert plan == expected and plan.predicted_step_s is not None
     assert set(plan.modules) == set(strategy.units)
     directory = Path(t.log_dir)
     assert Plan.load(directory / "mosaic_plan.json") == plan
-    assert Profile.load(directory / "mosaic_profile.json") == strategy.profiler.profile
+    assert Profile.load(directory / "mosaic_profile.json") == session.profile
     assert (directory / "mosaic_plan.png").stat().st_size > 0
     described = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan for ")]
     assert described == [plan.describe() + "\n" + strategy.engine.backend.describe()]  # logged once
@@ -558,40 +573,41 @@ def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
 
 
 def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path, monkeypatch):
-    import lightning_mosaic.lightning.callback as callback_module
+    import lightning_mosaic.session as session_module
 
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4)
     _, first, _ = _auto_fit(tmp_path, callbacks=[saver])
     checkpoint = tmp_path / "ckpt" / "epoch=0-step=4.ckpt"
-    assert torch.load(checkpoint, weights_only=False)["mosaic_plan"] == first.plan.to_dict()
+    state = torch.load(checkpoint, weights_only=False)["mosaic"]
+    assert state["plan"] == first.plan.to_dict() and state["profile"] == first.session.profile.to_dict()
 
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(callback_module, "profile_units", never)
+    monkeypatch.setattr(session_module, "profile_units", never)
     (tmp_path / "mosaic_profile.json").unlink()  # nothing to reuse but the checkpoint
     t, resumed, _ = _auto_fit(tmp_path / "again", max_steps=8, ckpt_path=checkpoint)
     assert t.global_step == 8 and resumed.planned and resumed.plan == first.plan
-    assert resumed.profiler is None and not any(type(c).__name__ == "MosaicProfiler" for c in t.callbacks)
+    assert resumed.session.stage is Stage.OFF, "nothing left to profile"
 
 
 def test_a_matching_profile_is_reused_and_planned_before_the_first_step(tmp_path, monkeypatch):
-    import lightning_mosaic.lightning.callback as callback_module
+    import lightning_mosaic.session as session_module
 
     _, first, _ = _auto_fit(tmp_path)
 
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(callback_module, "profile_units", never)
+    monkeypatch.setattr(session_module, "profile_units", never)
     _, second, _ = _auto_fit(tmp_path, max_steps=3)
-    assert second.profiler.reused and second.planned
+    assert second.session.reused and second.planned
     assert second.plan.phases == first.plan.phases
     assert second.engine.calls["llm"] == 3 * second.active_micro_batches  # planned before step 1
 
 
 def test_a_plan_file_or_object_is_applied_from_the_first_step(tmp_path):
-    from lightning_mosaic.planner import Phase, Plan
+    from lightning_mosaic.plan import Phase, Plan
 
     units = ["vision", "audio", "vision_proj", "audio_proj", "llm"]
     plan = Plan([Phase({u: None}) for u in units], micro_batches=2, method="user", device="cpu")
@@ -607,7 +623,7 @@ def test_a_plan_file_or_object_is_applied_from_the_first_step(tmp_path):
 def test_auto_on_an_inline_backend_does_not_profile_and_says_why(tmp_path):
     t = trainer(MosaicStrategy(), max_steps=2, default_root_dir=tmp_path)
     t.fit(hf_model(), hf_loader())
-    assert t.strategy.profiler is None and t.strategy.plan.is_temporal
+    assert t.strategy.session.stage is Stage.OFF and t.strategy.plan.is_temporal
     assert "units run inline on cpu" in t.strategy.plan.notes[0]
     assert not (tmp_path / "mosaic_profile.json").exists()
 

@@ -73,5 +73,5 @@ def test_a_contrastive_model_refuses_micro_batches():
 def test_the_planner_keeps_a_contrastive_batch_whole(tmp_path):
     strategy = MosaicStrategy(backend="cpu", warmup_steps=1, profile_seconds=10, micro_batches="auto")
     t, _ = _fit("bind", strategy, steps=4, default_root_dir=tmp_path)
-    assert strategy.planned and strategy.profiler.profile is not None
+    assert strategy.planned and strategy.session.profile is not None
     assert strategy.plan.micro_batches == 1 and t.strategy.active_micro_batches == 1

@@ -12,8 +12,8 @@ another stream too early). Backends:
 - ``none``: inline on the caller's stream, as plain PyTorch;
 - a recording fake for tests on CPU (``engine/recording.py``).
 
-:func:`make_backend` picks one (``"auto"``: green contexts where CUDA and the API are present, else
-streams, else inline) and says once in the log why it fell back when it did.
+``engine/resolve.py`` picks one for a name (``"auto"``: green contexts where CUDA and the API are
+present, else streams, else inline) and says once in the log why it fell back when it did.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
+import lightning_mosaic.engine.green as green
 from lightning_mosaic._logging import get_logger, warn_once
-from lightning_mosaic.engine import green
+from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.engine.green import Grant
 
 log = get_logger(__name__)
-BACKENDS = ("auto", "green_context", "streams", "cpu", "none")
 
 
 class Backend:
@@ -158,7 +158,7 @@ class CudaStreamBackend(Backend):
         self, units: Sequence[str], quotas: Mapping[str, int | None], device: torch.device
     ) -> dict:
         """A plain stream per unit on the whole GPU; the quotas are recorded as requested, not granted."""
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = DeviceSpec.from_current(device).sm_count
         self.grants = {u: Grant(quotas.get(u), sms, False) for u in units}
         return {u: torch.cuda.Stream(device) for u in units}
 
@@ -204,11 +204,9 @@ class GreenContextBackend(CudaStreamBackend):
         device: torch.device,
         groups: Sequence[Sequence[str]] | None = None,
     ) -> dict:
-        props = torch.cuda.get_device_properties(device)
-        minimum, multiple = green.granularity((props.major, props.minor))
-        self.grants = green.grant(
-            {u: quotas.get(u) for u in units}, props.multi_processor_count, minimum, multiple, groups
-        )
+        spec = DeviceSpec.from_current(device)
+        minimum, multiple = spec.minimum, spec.sm_granularity
+        self.grants = green.grant({u: quotas.get(u) for u in units}, spec.sm_count, minimum, multiple, groups)
         try:
             streams, self.contexts, self.notes = green.make_streams(self.api, self.grants, device, groups)
         except Exception as err:  # a driver or build without green-context support
@@ -226,47 +224,3 @@ class GreenContextBackend(CudaStreamBackend):
         for unit in units:
             streams.setdefault(unit, torch.cuda.Stream(device))  # no quota: the whole GPU
         return streams
-
-
-def check_backend(spec: str | Backend) -> str | Backend:
-    """``spec`` if it names a backend or is one; a ``ValueError`` listing the names otherwise."""
-    if not isinstance(spec, Backend) and spec not in BACKENDS:
-        raise ValueError(f"backend={spec!r} is not one of {', '.join(BACKENDS)}, or a Backend instance")
-    return spec
-
-
-def make_backend(spec: str | Backend, device: torch.device) -> Backend:
-    """The backend for ``spec`` on ``device``, falling back (and saying so once) where it must."""
-    if isinstance(check_backend(spec), Backend):
-        return spec
-    if spec == "none":
-        return InlineBackend()
-    if spec == "cpu":
-        from lightning_mosaic.engine.cpu import CpuThreadBackend
-
-        return CpuThreadBackend()
-    if device.type != "cuda":
-        if spec != "auto":
-            warn_once(
-                log,
-                f"backend-{spec}-no-cuda",
-                f"backend={spec!r} needs a CUDA device but the model is on {device}; units run inline",
-            )
-        return InlineBackend()
-    if spec == "streams":
-        return CudaStreamBackend()
-    api = green.detect()
-    if api is not None and api.usable:
-        return GreenContextBackend(api)
-    reason = (
-        "this torch has no torch.cuda.green_contexts"
-        if api is None
-        else f"this torch's green-context API cannot bind a stream to a context ({api.describe()})"
-    )
-    warn_once(
-        log,
-        "green-context-fallback",
-        f"SM quotas are not enforced: {reason}; units run on plain CUDA streams and may each use the"
-        " whole GPU",
-    )
-    return CudaStreamBackend()

@@ -12,8 +12,8 @@ of comparing versions:
   that never overlap, and ``GreenContext(sm_partition=...)`` runs on one. Without it, contexts are
   created one by one and the driver may place them on overlapping SMs.
 
-SM counts round to the hardware's granularity (8 SMs on Hopper and later, 2 on Ampere and Volta,
-with minimums of 8, 4 and 2) and are reported as requested vs granted.
+SM counts round to the hardware's granularity (``devices.granularity``: 8 SMs on Hopper and later,
+2 on Ampere and Volta, with minimums of 8, 4 and 2) and are reported as requested vs granted.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from lightning_mosaic.devices import DeviceSpec
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,6 @@ def detect(module: Any = None) -> GreenContextAPI | None:
         has_stream=callable(getattr(context, "Stream", None)),
         has_split=partition is not None and hasattr(partition, "from_device") and hasattr(partition, "split"),
     )
-
-
-def granularity(capability: tuple[int, int]) -> tuple[int, int]:
-    """``(minimum, multiple)`` of a green context's SM count for a compute capability."""
-    major = capability[0]
-    if major >= 9:
-        return 8, 8
-    if major == 8:
-        return 4, 2
-    if major == 7:
-        return 2, 2
-    return 1, 1
 
 
 @dataclass(frozen=True)
@@ -193,7 +183,7 @@ def _context(api: GreenContextAPI, index: int, sms: int) -> Any:
 
 
 def _device_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    return DeviceSpec.from_current(torch.device("cuda", index)).sm_count
 
 
 def check_quotas(

@@ -16,7 +16,7 @@ changes batches on their way to the device (``on_before_batch_transfer``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_mosaic._logging import get_logger, warn_once
-from lightning_mosaic._tree import iter_tensors, map_tensors
+from lightning_mosaic._tree import iter_tensors, key_get, leaves_with_paths, map_leaves, map_tensors
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -36,19 +36,13 @@ TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_af
 
 
 class _Path:
-    """Where a unit's input tensor sits in the batch: keys and indices from the top."""
+    """Where a unit's input tensor sits in the batch: a key path from the top (a leaf of a template)."""
 
     def __init__(self, keys: tuple[Any, ...]) -> None:
         self.keys = keys
 
     def get(self, batch: Any) -> Any:
-        for key in self.keys:
-            batch = getattr(batch, key) if isinstance(key, _Attr) else batch[key]
-        return batch
-
-
-class _Attr(str):
-    """A dataclass field name on a path (``getattr`` rather than ``[]``)."""
+        return key_get(batch, self.keys)
 
 
 class Lookahead:
@@ -222,24 +216,11 @@ def _next_batch(trainer: pl.Trainer) -> Any:
     return item[0] if isinstance(item, tuple) and len(item) == 3 else None
 
 
-def _leaves(batch: Any, keys: tuple = ()) -> dict[int, _Path]:
+def _leaves(batch: Any) -> dict[int, _Path]:
     """``id(tensor) -> path`` of every tensor in ``batch``."""
-    import dataclasses
-    from collections.abc import Mapping
-
-    found: dict[int, _Path] = {}
-    if isinstance(batch, torch.Tensor):
-        found[id(batch)] = _Path(keys)
-    elif isinstance(batch, Mapping):
-        for key, value in batch.items():
-            found.update(_leaves(value, (*keys, key)))
-    elif isinstance(batch, (list, tuple)):
-        for index, value in enumerate(batch):
-            found.update(_leaves(value, (*keys, index)))
-    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        for field in dataclasses.fields(batch):
-            found.update(_leaves(getattr(batch, field.name), (*keys, _Attr(field.name))))
-    return found
+    return {
+        id(leaf): _Path(path) for path, leaf in leaves_with_paths(batch) if isinstance(leaf, torch.Tensor)
+    }
 
 
 def _template(call: Any, leaves: dict[int, _Path]) -> tuple[Any, str | None]:
@@ -257,32 +238,11 @@ def _template(call: Any, leaves: dict[int, _Path]) -> tuple[Any, str | None]:
 
 
 def _paths(template: Any) -> list[_Path]:
-    out: list[_Path] = []
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, _Path):
-            out.append(obj)
-        elif isinstance(obj, dict):
-            for value in obj.values():
-                walk(value)
-        elif isinstance(obj, (list, tuple)):
-            for value in obj:
-                walk(value)
-
-    walk(template)
-    return out
+    return [leaf for _, leaf in leaves_with_paths(template) if isinstance(leaf, _Path)]
 
 
-def _fill(template: Any, tensors: Any) -> Any:
-    if isinstance(template, _Path):
-        return next(tensors)
-    if isinstance(template, dict):
-        return {key: _fill(value, tensors) for key, value in template.items()}
-    if isinstance(template, list):
-        return [_fill(value, tensors) for value in template]
-    if isinstance(template, tuple):
-        return tuple(_fill(value, tensors) for value in template)
-    return template
+def _fill(template: Any, tensors: Iterator[Any]) -> Any:
+    return map_leaves(lambda _, leaf: next(tensors) if isinstance(leaf, _Path) else leaf, template)
 
 
 class _autocast:

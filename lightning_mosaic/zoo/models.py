@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_mosaic.zoo import towers
+import lightning_mosaic.zoo.towers as towers
 from lightning_mosaic.zoo.sizes import zoo_size
 
 

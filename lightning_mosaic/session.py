@@ -1,0 +1,695 @@
+"""The closed loop of one model, framework-free: warmup -> capture -> profile -> fit -> plan -> apply.
+
+A :class:`Session` owns everything mosaic does to one model: its units, the engine that routes their
+calls, the traced module graph, the profile and its performance model, and the plan in force. The
+training framework only tells it where the loop is; the Lightning strategy, the ``MosaicProfiler``
+callback and the Accelerate adapter are such drivers, each a few hooks long:
+
+- ``start(fitting)`` once the model is on its device (and any checkpoint state was loaded);
+- ``with session.step(train):`` around each step call (joins the engine, traces the first step);
+- ``before_step(steps_done, batch)`` when a training step starts, ``advance(steps_done)`` when one
+  is over (after its optimizer step, or at the next start), ``finish(steps_done)`` when training
+  ends;
+- ``state_dict()`` / ``load_state_dict()`` for checkpoints (the plan and the profile).
+
+Calls are idempotent at a boundary, so two drivers of one session (the strategy and a callback) do
+no work twice. Where the processes of a run must agree, the session asks the driver: ``broadcast``
+sends the main process's value to every process and ``is_main`` says which process measures,
+plans and writes files.
+
+The profiling pipeline moves through :class:`Stage`: ``WARMUP`` (plain steps until
+``warmup_steps`` optimizer steps are done), ``CAPTURING`` (one training step's unit inputs are
+recorded), ``CAPTURED`` (profiled at the next boundary, on the main process, inside
+``engine.paused()``, then broadcast), ``PROFILED`` (a profile and its fitted model are at hand:
+measured, reused from a matching file or restored from a checkpoint); ``OFF`` when nothing is to be
+profiled. Independently ``planned`` says the plan in force is final: from the start for a plan given
+by hand or restored, once the graph is traced for ``"temporal"`` and ``"concurrent"``, and after
+the profile for ``"auto"``, whose warmup runs the provisional temporal plan.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from lightning_mosaic._logging import get_logger, warn_once
+from lightning_mosaic.devices import DeviceSpec, device_name
+from lightning_mosaic.engine import Backend, Engine, check_backend, make_backend, why_inline
+from lightning_mosaic.engine.green import check_quotas
+from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.microbatch import batch_size as default_batch_size
+from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
+from lightning_mosaic.planner import plan as search_plan
+from lightning_mosaic.profile import Profile, fingerprint
+from lightning_mosaic.profiler import DEFAULT_FRACTIONS, InputCapture, profile_units
+from lightning_mosaic.selection import check_names, select_modules
+from lightning_mosaic.tracing import Tracer
+
+log = get_logger(__name__)
+T = TypeVar("T")
+PLAN_SOURCES = ("auto", "temporal", "concurrent")
+PROFILE_FILE = "mosaic_profile.json"
+PLAN_FILE = "mosaic_plan.json"
+TIMELINE_FILE = "mosaic_plan.png"
+CAP = "mosaic_max_micro_batches"
+STATE_VERSION = 1
+
+
+class Stage(enum.Enum):
+    """Where a session's profiling stands (see the module docstring)."""
+
+    OFF = "off"
+    WARMUP = "warmup"
+    CAPTURING = "capturing"
+    CAPTURED = "captured"
+    PROFILED = "profiled"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to profile and how: the file, the warmup, the grid and the time budget, checked at once.
+
+    ``path`` is the profile file (None: the driver's default, next to the logs); ``warmup_steps`` the
+    plain optimizer steps before the captured one; ``batch_fractions`` and ``quotas`` the grid (SM
+    or thread counts besides the whole device; None: a grid from the smallest the hardware allows);
+    ``warmup`` and ``repeats`` the untimed and timed runs per point; ``max_seconds`` the budget of
+    the whole profile; ``progress`` a progress bar.
+    """
+
+    path: str | None = None
+    warmup_steps: int = 3
+    batch_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    quotas: tuple[int, ...] | None = None
+    warmup: int = 2
+    repeats: int = 5
+    max_seconds: float = 60.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path", os.fspath(self.path))
+        _whole("warmup_steps", self.warmup_steps, 0, "steps")
+        _whole("warmup", self.warmup, 0, "runs")
+        _whole("repeats", self.repeats, 1, "runs")
+        fractions = tuple(self.batch_fractions)
+        if not fractions or any(
+            not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in fractions
+        ):
+            raise ValueError(f"batch_fractions={list(fractions)!r} must be numbers in (0, 1]")
+        object.__setattr__(self, "batch_fractions", fractions)
+        if self.quotas is not None:
+            quotas = tuple(self.quotas)
+            if not quotas or any(not isinstance(q, int) or isinstance(q, bool) or q < 1 for q in quotas):
+                raise ValueError(
+                    f"quotas={list(quotas)!r} must be whole numbers of SMs or threads, 1 or more"
+                )
+            object.__setattr__(self, "quotas", quotas)
+        if (
+            not isinstance(self.max_seconds, (int, float))
+            or isinstance(self.max_seconds, bool)
+            or not self.max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds")
+
+    def in_directory(self, directory: str | os.PathLike) -> ProfileSettings:
+        """These settings with the default file in ``directory`` when no path is set."""
+        if self.path is not None:
+            return self
+        return replace(self, path=os.path.join(os.fspath(directory), PROFILE_FILE))
+
+    def grid(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lightning_mosaic.profiler.profile_units`."""
+        return {
+            "batch_fractions": self.batch_fractions,
+            "quotas": self.quotas,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "max_seconds": self.max_seconds,
+            "progress": self.progress,
+        }
+
+
+class Session:
+    """One model's units, engine, graph, profile, performance model and plan; see the module docstring.
+
+    Args:
+        model: the model whose units run under the plan (a LightningModule, an unwrapped model).
+        device: where the units live.
+        modules: the units as dotted paths (None: the children that own parameters, descending
+            through single wrapper children).
+        plan: ``"auto"`` (profile during warmup, then plan), ``"temporal"``, ``"concurrent"`` (every
+            unit on its own stream under ``quotas``), or a :class:`~lightning_mosaic.plan.Plan`.
+        backend: where units run when the plan puts them side by side (a name of
+            :data:`~lightning_mosaic.engine.BACKENDS` or a backend instance).
+        quotas: SMs per unit for ``plan="concurrent"``.
+        micro_batches: a fixed number of micro-batches per training step (None or ``"auto"``: the
+            plan's).
+        allow_lookahead: whether plans may compute frozen units one step ahead (the driver must
+            run :class:`~lightning_mosaic.lightning.lookahead.Lookahead` for it).
+        settings: the :class:`ProfileSettings`.
+        profile_requested: profile during warmup even when the plan will not need it (a
+            ``MosaicProfiler`` asked for the profile).
+        route: route the units' calls through an engine under the plan; False only profiles and
+            fits (the ``MosaicProfiler`` callback beside another strategy).
+        broadcast: ``broadcast(obj)`` returns the main process's ``obj`` on every process.
+        is_main: whether this process measures, plans and writes files.
+        out_dir: where the plan made from a profile is written with the profile and a timeline.
+        notes: notes added to every plan the session makes.
+        batch_size_of: the number of samples in a batch (for the profiled batch size).
+        on_apply: called with the final plan (None while provisional) each time the engine is attached.
+
+    ``units``, ``engine``, ``graph``, ``stage``, ``profile``, ``perf_model``, ``reused`` (the
+    profile was not measured in this run), ``plan``, ``planned`` and ``steps`` tell where it stands.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        modules: Sequence[str] | None = None,
+        plan: str | Plan = "auto",
+        backend: str | Backend = "auto",
+        quotas: Mapping[str, int] | None = None,
+        micro_batches: int | str | None = None,
+        allow_lookahead: bool = True,
+        settings: ProfileSettings | None = None,
+        profile_requested: bool = False,
+        route: bool = True,
+        broadcast: Callable[[Any], Any] | None = None,
+        is_main: bool = True,
+        out_dir: str | None = None,
+        notes: Sequence[str] = (),
+        batch_size_of: Callable[[Any], int] = default_batch_size,
+        on_apply: Callable[[Plan | None], None] | None = None,
+    ) -> None:
+        self.model_name = type(model).__name__
+        self.device = torch.device(device)
+        self.units = select_modules(model, check_names(modules))
+        self.plan_source = check_plan_source(plan, bool(quotas))
+        self.backend = check_backend(backend)
+        self.quotas = check_quotas(quotas)
+        self.micro_batches = check_micro_batches(micro_batches)
+        self.max_micro_batches = micro_batch_cap(model)
+        self.allow_lookahead = allow_lookahead
+        self.settings = settings or ProfileSettings()
+        self.profile_requested = profile_requested
+        self.broadcast: Callable[[Any], Any] = broadcast or _same
+        self.is_main = is_main
+        self.out_dir = out_dir
+        self.notes = tuple(notes)
+        self.batch_size_of = batch_size_of
+        self.on_apply = on_apply
+        self.engine: Engine | None = Engine() if route else None
+        self.graph: ModuleGraph | None = None
+        self.stage = Stage.OFF
+        self.profile: Profile | None = None
+        self.perf_model: PerfModel | None = None
+        self.reused = False
+        self.plan: Plan | None = None
+        self.planned = False
+        self.steps = 0
+        self.fitting = False
+        self._planning = False  # this session makes the plan from a profile
+        self._started = False
+        self._finished = False
+        self._restored: dict[str, Any] | None = None
+        self._capture: InputCapture | None = None
+        self._tracer: Tracer | None = None
+        self._batch_size = 0
+        self._announced: Plan | None = None
+
+    # ------------------------------------------------------------------ what drivers call
+
+    def start(self, fitting: bool = True) -> None:
+        """Begin a run (``fitting``: a training run, where profiling happens): apply the plan at hand."""
+        self.fitting, self._started, self._finished = fitting, True, False
+        if not self.units:
+            warn_once(
+                log,
+                f"no-units-{self.model_name}",
+                f"{self.model_name} has no child module that owns parameters, so there is nothing to run side"
+                " by side; mosaic trains it exactly as it would be trained without",
+            )
+            return
+        restored, self._restored = self._restored, None
+        if isinstance(self.plan_source, Plan) and not self.planned:
+            self._set_plan(self.plan_source)
+        elif restored and restored.get("plan") is not None and self.plan_source == "auto":
+            self._restore_plan(Plan.from_dict(restored["plan"]))  # a plan given by hand wins
+        if self.planned and self.plan is not None:
+            self.plan.check_units(list(self.units))
+            self._set_plan(self.plan)
+        self._check_cap()
+        self._planning = (
+            self.engine is not None
+            and self.plan_source == "auto"
+            and not self.planned
+            and fitting
+            and why_inline(self.backend, self.device) is None
+        )
+        wanted = fitting and (self._planning or self.profile_requested)
+        if not wanted:
+            self.stage = Stage.OFF
+        elif self.profile is not None:
+            self.stage = Stage.PROFILED
+        else:
+            candidates = []
+            if restored and restored.get("profile") is not None:
+                candidates.append(("the checkpoint", Profile.from_dict(restored["profile"])))
+            if self.settings.path is not None and os.path.exists(self.settings.path):
+                candidates.append((self.settings.path, Profile.load(self.settings.path)))  # corrupt: raises
+            found = self._matching(candidates)
+            if found is not None:
+                self._use_profile(found, reused=True)
+            else:
+                self.stage = Stage.WARMUP
+        self._engage()
+
+    @contextmanager
+    def step(self, train: bool = True) -> Iterator[None]:
+        """Bracket one step call: the engine joins when it ends; the first step is traced.
+
+        While fitting, the first *training* step is traced (validation steps of a sanity check come
+        first); outside fit, the first step of any kind.
+        """
+        if not self.units:
+            yield
+            return
+        trace = self.graph is None and self._tracer is None and (train or not self.fitting)
+        tracer = Tracer(self.units) if trace else None
+        with self.engine.step() if self.engine is not None else nullcontext():
+            if tracer is not None:
+                tracer.__enter__()
+            try:
+                yield
+            finally:
+                if tracer is not None:
+                    tracer.__exit__(None, None, None)
+                if train:
+                    self._end_capture()
+        if tracer is not None:
+            self._traced(tracer.graph())
+
+    def before_step(self, steps_done: int, batch: Any) -> None:
+        """A training step on ``batch`` starts after ``steps_done`` optimizer steps.
+
+        Profiles a step captured earlier and plans (as :meth:`advance` does, but a capture in
+        progress, begun for this very step by another driver, goes on), then, once the warmup is
+        over, records this step's unit inputs (and traces it, when no graph is known yet).
+        """
+        self._settle(steps_done)
+        if self.stage is not Stage.WARMUP or steps_done < self.settings.warmup_steps:
+            return
+        # Under a plan with micro-batches the units see the first (largest) micro-batch.
+        self._batch_size = -(-self.batch_size_of(batch) // self.micro_batches_now)
+        self._capture = InputCapture(self.units)
+        self._capture.start()
+        if self.graph is None and self._tracer is None:
+            self._tracer = Tracer(self.units).__enter__()
+        self.stage = Stage.CAPTURING
+
+    def advance(self, steps_done: int | None = None) -> None:
+        """A step is over: end its capture, profile it, fit, plan from a profile at hand, apply the plan."""
+        if self.stage is Stage.CAPTURING:
+            self._end_capture()
+        self._settle(steps_done)
+
+    def _settle(self, steps_done: int | None) -> None:
+        if steps_done is not None:
+            self.steps = steps_done
+        if self.stage is Stage.CAPTURED:
+            self._measure()
+        if self.stage is Stage.PROFILED and self._planning and not self.planned:
+            self._plan()
+
+    def finish(self, steps_done: int) -> None:
+        """Training ended: a captured step is still profiled (and planned); say so if none was."""
+        if self._finished or not self._started:
+            return
+        self._finished = True
+        self.advance(steps_done)
+        if self.stage is Stage.WARMUP and self.is_main:
+            log.warning(
+                f"training ended at step {steps_done}, before the profile (warmup_steps="
+                f"{self.settings.warmup_steps}); nothing was profiled"
+            )
+
+    def abort(self) -> None:
+        """Training failed: remove the capture and tracing hooks, whatever the stage."""
+        if self._capture is not None:
+            self._capture.stop()
+            self._capture = None
+        if self._tracer is not None:
+            self._tracer.__exit__(None, None, None)
+            self._tracer = None
+        if self.stage in (Stage.CAPTURING, Stage.CAPTURED):
+            self.stage = Stage.WARMUP
+
+    def close(self) -> None:
+        """Detach the engine: the units are exactly as they were before :meth:`start`."""
+        self.abort()
+        if self.engine is not None and self.engine.attached:
+            self.engine.detach()
+
+    @property
+    def micro_batches_now(self) -> int:
+        """Micro-batches per training step right now (1 while a plan made from a profile is pending)."""
+        if self.micro_batches is not None and (self.planned or not self._planning):
+            return self.micro_batches
+        return self.plan.micro_batches if self.planned and self.plan is not None else 1
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The final plan and the profile, as plain data."""
+        return {
+            "version": STATE_VERSION,
+            "plan": self.plan.to_dict() if self.planned and self.plan is not None else None,
+            "profile": self.profile.to_dict() if self.profile is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take a checkpoint's plan and profile: at :meth:`start`, or at once when started already."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a session state is a mapping, got {type(state).__name__}")
+        if not self._started:
+            self._restored = dict(state)
+            return
+        if state.get("plan") is not None and self.plan_source == "auto":
+            self._restore_plan(Plan.from_dict(state["plan"]))
+            if self.planned:
+                self.plan.check_units(list(self.units))
+                self._planning = False
+                if not self.profile_requested:
+                    self.abort()
+                    self.stage = Stage.OFF
+                self._engage()
+        if state.get("profile") is not None and self.stage is Stage.WARMUP:  # still wanted
+            found = self._matching([("the checkpoint", Profile.from_dict(state["profile"]))])
+            if found is not None:
+                self.abort()
+                self._use_profile(found, reused=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _end_capture(self) -> None:
+        if self._tracer is not None:
+            self._tracer.__exit__(None, None, None)
+            tracer, self._tracer = self._tracer, None
+            self._traced(tracer.graph())
+        if self._capture is not None:
+            self._capture.stop()
+            if self.stage is Stage.CAPTURING:
+                self.stage = Stage.CAPTURED
+
+    def _measure(self) -> None:
+        """Profile the captured step on the main process (outside the engine), share it, fit it."""
+        capture, self._capture = self._capture, None
+        assert capture is not None
+        data = None
+        if self.is_main:
+            with self.engine.paused() if self.engine is not None else nullcontext():
+                profile = profile_units(
+                    self.units,
+                    capture.captured,
+                    self._batch_size,
+                    calls=dict(capture.calls),
+                    **self.settings.grid(),
+                )
+            profile.graph = self.graph.to_dict() if self.graph is not None else None
+            saved = ""
+            if self.settings.path is not None:
+                profile.save(self.settings.path)
+                saved = f"\nprofile saved to {self.settings.path}"
+            log.info(f"{profile.describe()}{saved}")
+            data = profile.to_dict()
+        self._use_profile(Profile.from_dict(self.broadcast(data)), reused=False)
+
+    def _use_profile(self, profile: Profile, reused: bool) -> None:
+        self.profile, self.reused, self.stage = profile, reused, Stage.PROFILED
+        try:
+            self.perf_model = PerfModel(held_out=True).fit(profile)
+        except ValueError as err:  # e.g. a module with no feasible point
+            log.warning(f"no performance model could be fitted to the profile: {err}")
+            self.perf_model = None
+            return
+        if self.is_main:
+            log.info(self.perf_model.describe())
+
+    def _matching(self, candidates: Sequence[tuple[str, Profile]]) -> Profile | None:
+        """The first ``(source, profile)`` measured for these units on this device; warns of the others."""
+        here, spec = fingerprint(self.units), DeviceSpec.from_current(self.device)
+        for source, profile in candidates:
+            reason = profile.mismatch(here, spec.name, spec.sm_count)
+            if reason is None:
+                log.info(
+                    f"reusing the profile from {source} (measured {profile.created}); not profiling again"
+                )
+                return profile
+            log.warning(f"the profile in {source} does not match this run: {reason}; profiling again")
+        return None
+
+    def _plan(self) -> None:
+        """Plan on the main process, share the plan, apply it everywhere, write it out."""
+        assert self.profile is not None
+        graph = self.graph
+        if graph is None:
+            if self.profile.graph is None:
+                return  # the first step traces it
+            graph = ModuleGraph.from_dict(self.profile.graph)
+        data = self._choose(graph).to_dict() if self.is_main else None
+        self._apply(Plan.from_dict(self.broadcast(data)))
+        self._publish(graph)
+
+    def _choose(self, graph: ModuleGraph) -> Plan:
+        """The planner's plan for ``graph`` here, or the temporal plan with the reason in its notes."""
+        assert self.profile is not None
+        here = device_name(self.device)
+        chosen, reason = None, None
+        if self.perf_model is None:
+            reason = "no performance model could be fitted to the profile (see the warning above)"
+        else:
+            options: dict[str, Any] = {
+                "micro_batches": self.micro_batches,
+                "allow_lookahead": self.allow_lookahead,
+            }
+            if self.max_micro_batches is not None:
+                options["max_micro_batches"] = self.max_micro_batches
+            try:
+                chosen = search_plan(
+                    graph,
+                    self.perf_model,
+                    DeviceSpec.from_current(self.device),
+                    self.profile.batch_size,
+                    **options,
+                )
+            except ValueError as err:
+                reason = f"the planner found no plan: {err}"
+        if chosen is None:
+            log.warning(f"{reason}; training with the temporal plan")
+            chosen = temporal_plan(graph, here, notes=[str(reason)])
+        chosen = replace(chosen, device=here)
+        if self.micro_batches is not None:
+            chosen = chosen.with_micro_batches(self.micro_batches)
+        return chosen.with_notes(*self.notes)
+
+    def _traced(self, graph: ModuleGraph) -> None:
+        """The first step's graph is known: fix the plan of the sources that need no profile."""
+        self.graph = graph
+        here = device_name(self.device)
+        if self.engine is not None and not self.planned:
+            if self.plan_source == "concurrent":
+                backend = self.engine.backend
+                granted = {u: g.granted for u, g in backend.grants.items() if g.partitioned}
+                self._set_plan(concurrent_plan(graph, granted, here, method=f"{backend.name} backend"))
+            elif self.plan_source == "temporal":
+                self._set_plan(temporal_plan(graph, here))
+            elif not self._planning:
+                reason = why_inline(self.backend, self.device) or "nothing is profiled outside fit"
+                self._set_plan(temporal_plan(graph, here, notes=[f"{reason}: temporal plan"]))
+            else:
+                self.plan = temporal_plan(graph, here)  # provisional: the warmup runs plain
+        if self.is_main:
+            pending = ""
+            if self._planning and not self.planned:
+                pending = (
+                    f"\nplan: auto; the first {self.settings.warmup_steps} steps run plain, then the units"
+                    " are profiled and planned"
+                )
+            log.info(f"{graph.describe()}{pending}")
+        self._announce()
+
+    def _set_plan(self, plan: Plan) -> None:
+        if self.micro_batches is not None:
+            plan = plan.with_micro_batches(self.micro_batches)
+        self.plan, self.planned = plan, True
+
+    def _restore_plan(self, plan: Plan) -> None:
+        """Apply the plan a checkpoint holds, unless it was made for another device."""
+        here = device_name(self.device)
+        if plan.device != here:
+            log.warning(
+                f"the checkpoint's plan was made for {plan.device}, not {here}; it is not applied and the"
+                " plan is made again"
+            )
+            return
+        self._set_plan(plan)
+        if self.is_main:
+            log.info("applying the plan from the checkpoint; not profiling or planning again")
+
+    def _apply(self, plan: Plan) -> None:
+        self._set_plan(plan)
+        self._engage()
+        self._announce()
+
+    def _check_cap(self) -> None:
+        cap = self.max_micro_batches
+        asked = self.micro_batches
+        if asked is None and self.planned and self.plan is not None:
+            asked = self.plan.micro_batches
+        if cap is not None and asked is not None and asked > cap:
+            raise ValueError(
+                f"{asked} micro-batches per step asked for, but {self.model_name} sets {CAP} = {cap}"
+                " (its loss couples the samples of a batch, so splitting it would change the numbers)"
+            )
+
+    def _engage(self) -> None:
+        """(Re)attach the engine: the plan's backend, quotas and phases, or inline while none is final."""
+        engine = self.engine
+        if engine is None or not self.units:
+            return
+        if engine.attached:
+            engine.detach()
+        quotas: dict[str, int] = {}
+        groups = None
+        if self.planned and self.plan is not None and not self.plan.sequential:
+            wanted = {m: q for phase in self.plan.phases for m, q in phase.quotas.items() if q is not None}
+            quotas = self._checked_quotas(wanted, f" (the plan was made for {self.plan.device})")
+            backend, groups = make_backend(self.backend, self.device), [p.modules for p in self.plan.phases]
+        elif not self.planned and self.plan_source == "concurrent":
+            backend, quotas = make_backend(self.backend, self.device), self._checked_quotas(self.quotas)
+        else:  # the temporal plan, the warmup of plan="auto", or no plan yet: plain
+            backend = make_backend("none", self.device)
+        engine.attach(self.units, backend=backend, quotas=quotas, device=self.device, groups=groups)
+        if self.on_apply is not None:
+            self.on_apply(self.plan if self.planned else None)
+
+    def _checked_quotas(self, quotas: Mapping[str, int], where: str = "") -> dict[str, int]:
+        """``quotas`` checked against the units and, on a GPU, its SM count."""
+        spec = DeviceSpec.from_current(self.device)
+        sm_count = spec.sm_count if spec.quota_unit == "sm" else None
+        return check_quotas(quotas, list(self.units), sm_count, f"{spec.name}{where}")
+
+    def _announce(self) -> None:
+        """Log the final plan and the engine's backend once."""
+        if not self.planned or self.plan is None or self._announced is self.plan:
+            return
+        self._announced = self.plan
+        if self.is_main and self.engine is not None:
+            log.info(f"{self.plan.describe()}\n{self.engine.backend.describe()}")
+
+    def _publish(self, graph: ModuleGraph) -> None:
+        """Write the plan (with the profile and the timeline) to ``out_dir`` on the main process."""
+        if not self.is_main or self.out_dir is None or self.plan is None:
+            return
+        self.plan.save(os.path.join(self.out_dir, PLAN_FILE))
+        written = [PLAN_FILE]
+        if self.profile is not None:
+            target = os.path.join(self.out_dir, PROFILE_FILE)
+            if os.path.abspath(target) != os.path.abspath(self.settings.path or ""):
+                self.profile.save(target)
+            written.append(PROFILE_FILE)
+            if self.perf_model is not None:
+                from lightning_mosaic.viz import draw_plan
+
+                try:
+                    draw_plan(
+                        graph,
+                        self.perf_model,
+                        self.plan,
+                        self.profile.batch_size,
+                        os.path.join(self.out_dir, TIMELINE_FILE),
+                    )
+                    written.append(TIMELINE_FILE)
+                except ImportError as err:
+                    warn_once(log, "plan-timeline", f"the plan's timeline is not drawn: {err}")
+        log.info(f"{', '.join(written)} written to {self.out_dir}")
+
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def check_plan_source(
+    plan: Any, quotas_given: bool = False, choices: Sequence[str] = PLAN_SOURCES
+) -> str | Plan:
+    """``plan`` as one of ``choices`` or a :class:`Plan` (a path is read now and may raise).
+
+    Quotas given by hand make ``"auto"`` a ``"concurrent"`` plan; with any other source they are an
+    error.
+    """
+    if isinstance(plan, Plan):
+        source: str | Plan = plan
+    elif isinstance(plan, str) and plan in choices:
+        source = plan
+    elif isinstance(plan, (str, os.PathLike)):
+        path = os.fspath(plan)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"plan={path!r} is neither one of {', '.join(choices)} nor an existing plan file"
+            )
+        source = Plan.load(path)
+    else:
+        raise TypeError(
+            f"plan must be one of {', '.join(choices)}, a Plan or the path of a plan file, got"
+            f" {type(plan).__name__}: {plan!r}"
+        )
+    if quotas_given:
+        if source == "auto":
+            return "concurrent"  # quotas by hand are a plan by hand
+        if source != "concurrent":
+            raise ValueError(
+                f"quotas= sets the SM quotas by hand, which only goes with plan='concurrent', not"
+                f" plan={plan!r}; put the quotas in the plan instead"
+            )
+    return source
+
+
+def check_micro_batches(value: Any) -> int | None:
+    """A fixed micro-batch count (a whole number, 1 or more), or None for ``"auto"``: the plan's."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(
+        f"micro_batches={value!r} must be 'auto' (the plan's count) or a whole number, 1 or more"
+    )
+
+
+def micro_batch_cap(model: Any) -> int | None:
+    """The model's ``mosaic_max_micro_batches`` (None: no limit), checked.
+
+    A model whose loss couples the samples of a batch (contrastive losses, batch statistics) sets
+    it to 1: micro-batches would change its numbers.
+    """
+    cap = getattr(model, CAP, None)
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"{type(model).__name__}.{CAP} = {cap!r}; it must be a whole number >= 1")
+    return cap
+
+
+def _whole(name: str, value: Any, least: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name}={value!r} must be a whole number of {what}, {least} or more")
+
+
+def _same(obj: T) -> T:
+    return obj

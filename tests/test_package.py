@@ -1,0 +1,185 @@
+"""The package: a core without Lightning, light imports, the strategy registered when Lightning loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CORE = [
+    "lightning_mosaic",
+    "lightning_mosaic.accelerate",
+    "lightning_mosaic.devices",
+    "lightning_mosaic.engine",
+    "lightning_mosaic.graph",
+    "lightning_mosaic.microbatch",
+    "lightning_mosaic.perfmodel",
+    "lightning_mosaic.plan",
+    "lightning_mosaic.planner",
+    "lightning_mosaic.profile",
+    "lightning_mosaic.profiler",
+    "lightning_mosaic.selection",
+    "lightning_mosaic.session",
+    "lightning_mosaic.simulator",
+    "lightning_mosaic.tracing",
+    "lightning_mosaic.viz",
+]
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); fail with its output if it fails."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_the_core_works_with_lightning_absent():
+    run(
+        f"""
+        import importlib, sys
+        sys.modules["lightning"] = sys.modules["pytorch_lightning"] = None  # import lightning -> ImportError
+        for name in {CORE!r}:
+            importlib.import_module(name)
+        assert "lightning" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+
+        # the core still runs: a session over a plain torch model, planned from its traced graph
+        import torch
+        from lightning_mosaic import Session
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        session = Session(model, torch.device("cpu"), plan="temporal")
+        session.start(fitting=True)
+        with session.step():
+            model(torch.randn(3, 4)).sum().backward()
+        assert session.planned and session.plan.modules == ["0", "1"], session.plan
+
+        import lightning_mosaic
+        try:
+            lightning_mosaic.MosaicStrategy
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("MosaicStrategy needs Lightning")
+        """
+    )
+
+
+def test_planning_from_files_imports_neither_torch_nor_lightning():
+    run(
+        """
+        import sys
+        import lightning_mosaic, lightning_mosaic.plan, lightning_mosaic.planner, lightning_mosaic.simulator
+        import lightning_mosaic.graph, lightning_mosaic.devices, lightning_mosaic.profile
+        import lightning_mosaic.plan_command, lightning_mosaic.show, lightning_mosaic.cli
+        heavy = {"torch", "lightning", "sklearn"} & {m.split(".")[0] for m in sys.modules}
+        assert not heavy, heavy
+        """
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["show", "--help"]])
+def test_cli_help_loads_no_heavy_package(argv):
+    done = run(
+        f"""
+        import sys
+        from lightning_mosaic.cli import main
+        try:
+            main({argv!r})
+        except SystemExit as stop:
+            assert stop.code in (0, None), stop.code
+        heavy = {{"torch", "lightning", "sklearn"}} & {{m.split(".")[0] for m in sys.modules}}
+        assert not heavy, heavy
+        """
+    )
+    assert "usage: lightning-mosaic" in done.stdout
+
+
+@pytest.mark.parametrize("first", ["lightning_mosaic", "lightning"])
+def test_mosaic_is_registered_whichever_is_imported_first(first):
+    other = "lightning" if first == "lightning_mosaic" else "lightning_mosaic"
+    run(
+        f"""
+        import sys
+        import {first}
+        loaded = "lightning" in sys.modules
+        assert loaded == ({first!r} == "lightning"), "lightning_mosaic alone loads no Lightning"
+        import {other}
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.strategies import StrategyRegistry
+        from lightning_mosaic import MosaicStrategy
+        assert StrategyRegistry["mosaic"]["strategy"] is MosaicStrategy
+        assert StrategyRegistry["mosaic_fork"]["init_params"] == {{"start_method": "fork"}}
+        trainer = Trainer(strategy="mosaic", accelerator="cpu", devices=1, logger=False)
+        assert isinstance(trainer.strategy, MosaicStrategy)
+        """
+    )
+
+
+def test_a_registration_that_fails_is_logged_and_lightning_still_imports():
+    done = run(
+        """
+        import sys
+        import lightning_mosaic
+        sys.modules["lightning_mosaic.lightning.strategy"] = None  # the strategy cannot be imported
+        import lightning.pytorch
+        from lightning.pytorch.strategies import StrategyRegistry
+        assert "mosaic" not in StrategyRegistry
+        """
+    )
+    assert "strategy='mosaic' could not be registered with Lightning (ModuleNotFoundError" in done.stderr
+    assert "pass strategy=MosaicStrategy() instead" in done.stderr
+
+
+def test_lazy_names():
+    import lightning_mosaic
+
+    assert set(lightning_mosaic.__all__) <= set(dir(lightning_mosaic))
+    assert lightning_mosaic.Plan.__module__ == "lightning_mosaic.plan"
+    with pytest.raises(AttributeError, match="has no attribute 'Planner'"):
+        lightning_mosaic.Planner  # noqa: B018
+
+
+def test_modules_import_each_other_in_one_direction():
+    """No import cycle among the package's modules (module-level imports, type-checking ones aside)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "lightning_mosaic"
+    names = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}  # fmt: skip
+    imports: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("lightning_mosaic"):
+                    targets = [f"{sub.module}.{alias.name}" for alias in sub.names]
+                    found |= {t for t in targets if t in names} or {sub.module}
+                elif isinstance(sub, ast.Import):
+                    found |= {a.name for a in sub.names if a.name in names}
+        imports[name] = found - {name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in imports.get(stack.pop(), ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    packages = {n for n, p in names.items() if p.name == "__init__.py"}
+    cycles = [
+        (a, b)
+        for a in imports
+        for b in imports[a]
+        if reaches(b, a) and not (a in packages and b.startswith(f"{a}."))  # a package exporting its modules
+    ]
+    assert not cycles, cycles
+    assert imports["lightning_mosaic.simulator"] == set(), "the simulator needs nothing of the package"
+    assert "lightning_mosaic.planner" not in imports["lightning_mosaic.plan"]
