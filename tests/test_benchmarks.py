@@ -48,6 +48,18 @@ def test_planner_quality_benchmark_writes_json(tmp_path):
     assert saved["speed_8_modules_h100"]["plan"]["device"] == "NVIDIA H100 80GB HBM3"
 
 
+def test_import_time_benchmark_writes_json(tmp_path):
+    main = runpy.run_path(str(BENCHMARKS / "import_time.py"))["main"]
+    out = tmp_path / "import.json"
+    assert main(["--rounds", "1", "--out", str(out)]) in (0, 1)  # 1: a --help above the target
+    saved = json.loads(out.read_text())
+    results = saved["results"]
+    assert set(results) == set(saved["commands"]) and saved["rounds"] == 1
+    assert set(saved["help_within_target"]) == {n for n in results if n.endswith("--help")}
+    assert all(r["median_s"] > 0 and len(r["runs_s"]) == 1 for r in results.values())
+    assert results["import lightning"]["of_import_lightning"] == 1.0
+
+
 @pytest.mark.parametrize("model", ["demo", "avlm"])
 def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path, model):
     main = runpy.run_path(str(BENCHMARKS / "bench_train.py"))["main"]

@@ -78,7 +78,7 @@ def test_planning_from_files_imports_neither_torch_nor_lightning():
     )
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["show", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["show", "--help"], ["demo", "--help"]])
 def test_cli_help_loads_no_heavy_package(argv):
     done = run(
         f"""

@@ -3,20 +3,20 @@
 ``"auto"`` is green contexts on a GPU whose torch can bind a stream to one, else plain CUDA streams
 (SM quotas not enforced: said once), else inline on a CPU. A GPU backend asked for on a CPU runs
 inline, with a warning. :func:`why_inline` says why units will not run side by side, before any
-backend exists.
+backend exists. The backends (and torch) load when one is needed, so command lines have the names
+without them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import lightning_mosaic.engine.green as green
 from lightning_mosaic._logging import get_logger, warn_once
-from lightning_mosaic.engine.backends import Backend, CudaStreamBackend, GreenContextBackend, InlineBackend
-from lightning_mosaic.engine.cpu import CpuThreadBackend
 
 if TYPE_CHECKING:
     import torch
+
+    from lightning_mosaic.engine.backends import Backend
 
 log = get_logger(__name__)
 BACKENDS = ("auto", "green_context", "streams", "cpu", "none")
@@ -24,6 +24,8 @@ BACKENDS = ("auto", "green_context", "streams", "cpu", "none")
 
 def check_backend(spec: str | Backend) -> str | Backend:
     """``spec`` if it names a backend or is one; a ``ValueError`` listing the names otherwise."""
+    from lightning_mosaic.engine.backends import Backend
+
     if not isinstance(spec, Backend) and spec not in BACKENDS:
         raise ValueError(f"backend={spec!r} is not one of {', '.join(BACKENDS)}, or a Backend instance")
     return spec
@@ -31,6 +33,15 @@ def check_backend(spec: str | Backend) -> str | Backend:
 
 def make_backend(spec: str | Backend, device: torch.device) -> Backend:
     """The backend for ``spec`` on ``device``, falling back (and saying so once) where it must."""
+    import lightning_mosaic.engine.green as green
+    from lightning_mosaic.engine.backends import (
+        Backend,
+        CudaStreamBackend,
+        GreenContextBackend,
+        InlineBackend,
+    )
+    from lightning_mosaic.engine.cpu import CpuThreadBackend
+
     if isinstance(check_backend(spec), Backend):
         return spec
     if spec == "none":
@@ -70,6 +81,9 @@ def why_inline(backend: str | Backend, device: torch.device) -> str | None:
     ``backend="cpu"`` runs units inline but is profiled and planned with thread quotas: a rehearsal
     of the GPU pipeline, so it counts as able.
     """
+    from lightning_mosaic.engine.backends import Backend
+    from lightning_mosaic.engine.cpu import CpuThreadBackend
+
     if isinstance(backend, Backend):
         able = backend.concurrent or isinstance(backend, CpuThreadBackend)
         return None if able else f"backend {backend.name!r} runs the units inline"

@@ -9,10 +9,11 @@ RNG states, buffers and modes and never writes ``.grad``.
 
 It drives a :class:`~lightning_mosaic.session.Session`: under ``MosaicStrategy`` the strategy's,
 which the strategy started with this callback's settings and shares (:meth:`MosaicProfiler.share`);
-beside any other strategy one of its own that only profiles and fits. A profile file whose fingerprint (units, parameter shapes and dtypes) and device match is
-reused instead of measuring again; one that does not match is replaced, with a warning; an
-unreadable or corrupt one is an error naming the file. The profile also travels in checkpoints, so
-a resumed run does not profile again. Under DDP, global rank 0 profiles and broadcasts the result.
+beside any other strategy one of its own that only profiles and fits. A profile file whose
+fingerprint (units, parameter shapes and dtypes) and device match is reused instead of measuring
+again; one that does not match is replaced, with a warning; an unreadable or corrupt one is an
+error naming the file. The profile also travels in checkpoints, so a resumed run does not profile
+again. Under DDP, global rank 0 profiles and broadcasts the result.
 """
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+from lightning_mosaic.demo.cli import main
+
+raise SystemExit(main())
