@@ -10,9 +10,9 @@ it as soon as ``lightning.pytorch`` is imported (at once when it already is), so
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lightning_mosaic._lazy import lazy_exports
 from lightning_mosaic._registration import register_when_lightning_loads
 
 __version__ = "0.1.0.dev0"
@@ -67,17 +67,6 @@ if TYPE_CHECKING:
     from lightning_mosaic.session import ProfileSettings, Session
     from lightning_mosaic.tracing import trace
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lightning_mosaic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 register_when_lightning_loads()

@@ -11,9 +11,9 @@ names below load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lightning_mosaic._lazy import lazy_exports
 from lightning_mosaic.demo.sizes import SIZES, DemoSize, size_of
 
 _EXPORTS = {
@@ -53,10 +53,4 @@ if TYPE_CHECKING:
         VisionEncoder,
     )
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lightning_mosaic.demo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

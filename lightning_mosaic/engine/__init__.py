@@ -8,8 +8,9 @@ picks one for a name; ``recording`` is a fake backend that logs what a GPU would
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_mosaic._lazy import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": "lightning_mosaic.engine.resolve",
@@ -63,14 +64,4 @@ if TYPE_CHECKING:
     from lightning_mosaic.engine.recording import RecordingBackend
     from lightning_mosaic.engine.resolve import BACKENDS, check_backend, make_backend, why_inline
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lightning_mosaic.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
