@@ -159,10 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         print("engine_check needs a CUDA GPU", file=sys.stderr)
         raise SystemExit(2)
 
+    from lightning_mosaic.devices import granularity
     from lightning_mosaic.engine import green
 
     props = torch.cuda.get_device_properties(0)
-    minimum, multiple = green.granularity((props.major, props.minor))
+    minimum, multiple = granularity((props.major, props.minor))
     api = green.detect()
     result: dict = {
         "benchmark": "engine_check",
