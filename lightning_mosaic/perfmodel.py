@@ -20,6 +20,11 @@ picks the simplest within 2% of the best, so few or noisy points get a simple cu
 quota measured (no green contexts) only the ``1/quota`` form is possible: time is assumed to scale
 inversely with the quota. Memory is ``a + c * b`` bytes per unit.
 
+Host time — what the one Python thread takes to issue a pass's kernels — is ``a + c * b`` seconds
+per unit and pass on a GPU, whatever the quota (:meth:`PerfModel.predict_host`); on a CPU the thread
+that issues an operation runs it, so host time is the time itself. A profile without host times (an
+older one) predicts none, as if kernels were always issued ahead of the device.
+
 Accuracy: :meth:`PerfModel.score` is the negative mean absolute percentage error on a profile's
 points (higher is better, as scikit-learn scores are); :func:`cross_val_predict` predicts every
 point of a profile by a model fitted without it (K-fold, the choice of form and saturation
@@ -72,7 +77,9 @@ class CostModel(Protocol):
     @property
     def calls(self) -> Mapping[str, int]: ...  # unit -> calls per step
 
-    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float: ...
+    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float: ...  # device seconds
+
+    def predict_host(self, module: str, pass_: str, batch: float, quota: float) -> float: ...  # issuing
 
     def memory(self, module: str, batch: float) -> int: ...
 
@@ -108,7 +115,8 @@ class PerfModel(BaseEstimator):
             more per curve.
 
     Fitted attributes: ``modules_``, ``capacity_``, ``quota_unit_``, ``device_``, ``backward_``,
-    ``calls_``, ``curves_``, ``memory_coef_`` (and ``held_out_``, ``held_out_mape_``). The
+    ``calls_``, ``curves_``, ``host_coef_`` (None where the profile has no host times),
+    ``memory_coef_`` (and ``held_out_``, ``held_out_mape_``). The
     :class:`CostModel` properties (``modules``, ``capacity``, ``backward``, ``calls``) read them.
     """
 
@@ -128,9 +136,10 @@ class PerfModel(BaseEstimator):
         self.backward_ = {m.name: m.backward for m in profile.modules}
         self.calls_ = {m.name: m.calls for m in profile.modules}
         self.curves_: dict[str, dict[str, Curve]] = {}
+        self.host_coef_: dict[str, dict[str, list[float] | None]] = {}
         self.memory_coef_: dict[str, list[float]] = {}
         for name in self.modules_:
-            self.curves_[name] = {}
+            self.curves_[name], self.host_coef_[name] = {}, {}
             for pass_ in _passes(self.backward_, name):
                 b, q, y = _arrays(profile, name, pass_)
                 if len(y) == 0:
@@ -138,6 +147,7 @@ class PerfModel(BaseEstimator):
                         f"the profile has no feasible {pass_} sample of module {name!r}; cannot fit it"
                     )
                 self.curves_[name][pass_] = _fit_curve(b, q, y, folds, self.capacity_)
+                self.host_coef_[name][pass_] = _fit_host(profile, name, pass_)
             self.memory_coef_[name] = _fit_memory(profile, name)
         if self.held_out:
             self.held_out_ = cross_val_predict(profile, folds)
@@ -178,6 +188,17 @@ class PerfModel(BaseEstimator):
         if not _check_query(self, module, pass_, batch, quota):
             return 0.0  # a frozen unit with no grad-requiring input has no backward pass
         return max(float(self.curves_[module][pass_].predict(batch, quota)[0]), 1e-9)
+
+    def predict_host(self, module: str, pass_: str, batch: float, quota: float) -> float:
+        """Seconds the calling thread takes to issue one ``pass_`` of ``module`` on ``batch`` samples
+        (on a CPU, to run it: :meth:`predict`); 0 where the profile measured no host time."""
+        _check_fitted(self)
+        if self.quota_unit_ == "thread":
+            return self.predict(module, pass_, batch, quota)
+        if not _check_query(self, module, pass_, batch, quota):
+            return 0.0
+        coef = self.host_coef_.get(module, {}).get(pass_)
+        return max(coef[0] + coef[1] * batch, 0.0) if coef is not None else 0.0
 
     def memory(self, module: str, batch: float) -> int:
         """Bytes ``module`` needs for one forward + backward on ``batch`` samples (peak on GPU, saved
@@ -225,6 +246,7 @@ class PerfModel(BaseEstimator):
                 m: {p: {"coef": c.coef, "saturation": c.saturation} for p, c in passes.items()}
                 for m, passes in self.curves_.items()
             },
+            "host": self.host_coef_,
             "memory": self.memory_coef_,
             "scores": getattr(self, "held_out_mape_", None),
         }
@@ -252,6 +274,10 @@ class PerfModel(BaseEstimator):
                 for m, passes in data["curves"].items()
             }
             model.memory_coef_ = {m: list(v) for m, v in data["memory"].items()}
+            model.host_coef_ = {
+                m: {p: list(c) if c is not None else None for p, c in passes.items()}
+                for m, passes in data.get("host", {}).items()
+            }
         except (KeyError, TypeError) as err:
             raise ValueError(f"saved PerfModel is missing or has a malformed field: {err}") from err
         if data.get("scores") is not None:
@@ -278,6 +304,9 @@ class PerfModel(BaseEstimator):
         lines = [
             f"performance model of {len(self.modules_)} modules on {self.device_} ({self.capacity_} {unit})"
         ]
+        measured_host = any(c is not None for passes in self.host_coef_.values() for c in passes.values())
+        if self.quota_unit_ == "sm" and not measured_host:
+            lines.append("  host time not measured (an older profile): kernels assumed issued ahead")
         for name in self.modules_:
             mape_text = f"held-out MAPE {scores[name]:.1%}" if name in scores else "not scored"
             terms = []
@@ -291,9 +320,10 @@ class PerfModel(BaseEstimator):
 class AnalyticModel:
     """Seconds and bytes from functions, with the :class:`CostModel` interface: tests and what-ifs.
 
-    ``time_fn(module, pass_, batch, quota)`` gives seconds, ``memory_fn(module, batch)`` bytes (0
-    when not given). ``backward`` marks units without a backward pass (``False``), ``calls`` the
-    calls per step (default 1).
+    ``time_fn(module, pass_, batch, quota)`` gives device seconds, ``host_fn`` (same arguments)
+    the seconds to issue the pass (0 when not given: kernels issued ahead), ``memory_fn(module,
+    batch)`` bytes (0 when not given). ``backward`` marks units without a backward pass
+    (``False``), ``calls`` the calls per step (default 1).
     """
 
     def __init__(
@@ -307,9 +337,10 @@ class AnalyticModel:
         device: str = "analytic",
         backward: Mapping[str, bool] | None = None,
         calls: Mapping[str, int] | None = None,
+        host_fn: TimeFn | None = None,
     ) -> None:
-        if not callable(time_fn) or (memory_fn is not None and not callable(memory_fn)):
-            raise TypeError("time_fn (and memory_fn, when given) must be callables")
+        if any(f is not None and not callable(f) for f in (time_fn, memory_fn, host_fn)) or time_fn is None:
+            raise TypeError("time_fn (and memory_fn, host_fn, when given) must be callables")
         if quota_unit not in QUOTA_UNITS:
             raise ValueError(f"quota_unit={quota_unit!r} is not one of {QUOTA_UNITS}")
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
@@ -320,13 +351,19 @@ class AnalyticModel:
         self.capacity, self.quota_unit, self.device = capacity, quota_unit, device
         self.backward = {m: True for m in self.modules} | dict(backward or {})
         self.calls = {m: 1 for m in self.modules} | dict(calls or {})
-        self.time_fn, self.memory_fn = time_fn, memory_fn
+        self.time_fn, self.memory_fn, self.host_fn = time_fn, memory_fn, host_fn
 
     def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
         """Seconds of one pass, from ``time_fn`` (0 for the backward of a unit without one)."""
         if not _check_query(self, module, pass_, batch, quota):
             return 0.0
         return float(self.time_fn(module, pass_, batch, quota))
+
+    def predict_host(self, module: str, pass_: str, batch: float, quota: float) -> float:
+        """Seconds to issue one pass, from ``host_fn`` (0 without one)."""
+        if not _check_query(self, module, pass_, batch, quota) or self.host_fn is None:
+            return 0.0
+        return float(self.host_fn(module, pass_, batch, quota))
 
     def memory(self, module: str, batch: float) -> int:
         """Bytes from ``memory_fn`` (0 without one)."""
@@ -517,6 +554,7 @@ def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _fit_memory(profile: Profile, module: str) -> list[float]:
+    """Bytes ``a + c * b`` (one batch measured: proportional to the batch)."""
     points = [
         (m.batch, m.peak_bytes if m.peak_bytes is not None else m.activation_bytes)
         for m in profile.memory
@@ -525,10 +563,23 @@ def _fit_memory(profile: Profile, module: str) -> list[float]:
     points = [(b, v) for b, v in points if v is not None]
     if not points:
         return [0.0, 0.0]
+    return _line(points, proportional=True)
+
+
+def _fit_host(profile: Profile, module: str, pass_: str) -> list[float] | None:
+    """Host seconds ``a + c * b`` over every quota (one batch measured: constant); None if unmeasured."""
+    points = [
+        (s.batch, s.host_seconds) for s in profile.samples_of(module, pass_) if s.host_seconds is not None
+    ]
+    return _line(points, proportional=False) if points else None
+
+
+def _line(points: list[tuple[float, float]], proportional: bool) -> list[float]:
+    """``[a, c]`` of ``value = a + c * batch`` (both >= 0) through ``points``."""
     batches = np.array([p[0] for p in points], dtype=float)
     values = np.array([p[1] for p in points], dtype=float)
     if len(np.unique(batches)) == 1:
-        return [0.0, float(values.mean() / batches[0])]
+        return [0.0, float(values.mean() / batches[0])] if proportional else [float(values.mean()), 0.0]
     from sklearn.linear_model import LinearRegression
 
     reg = LinearRegression(positive=True).fit(batches[:, None], values)

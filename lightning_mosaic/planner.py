@@ -3,17 +3,26 @@
 :func:`plan` simulates candidate plans (``simulator.py``) with a performance model and returns the
 fastest that fits memory, or the temporal plan when nothing is at least ``MIN_GAIN`` faster. Plans
 themselves are plain data (``plan.py``).
+
+A candidate gives every unit a quota from the device's (``DeviceSpec.quotas()``). A phase of several
+units either runs them side by side, each on a partial quota, those quotas adding up to at most the
+device, or one after another, each on the whole device: so the temporal plan is inside the search
+space. A phase of one unit may take any quota. Candidates are simulated on
+plain arrays (no objects), each against a limit: a candidate is dropped as soon as its simulated
+step passes the best step known, and every answer is cached.
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.plan import Phase, Plan, temporal_plan
-from lightning_mosaic.simulator import _simulate, _tasks, check_inputs, simulate
+from lightning_mosaic.simulator import _peak, _schedule, _tasks, check_inputs, simulate
 
 if TYPE_CHECKING:
     from lightning_mosaic.devices import DeviceSpec
@@ -22,6 +31,9 @@ if TYPE_CHECKING:
 METHODS = ("heuristic", "exhaustive")
 MIN_GAIN = 0.02  # below this predicted gain, the temporal plan is returned
 MEMORY_HEADROOM = 0.9  # share of device memory the predicted activations may use
+EXACT_LIMIT = 4096  # the heuristic tries every split where there are at most this many
+
+Quotas = tuple[int, ...]  # one quota per unit, phase after phase (the flat order of ``graph.levels()``)
 
 
 def plan(
@@ -33,6 +45,7 @@ def plan(
     micro_batches: int | None = None,
     max_micro_batches: int = 8,
     allow_lookahead: bool = True,
+    exact_limit: int = EXACT_LIMIT,
 ) -> Plan:
     """The deployment plan with the shortest simulated step for ``graph`` on ``device``.
 
@@ -40,11 +53,12 @@ def plan(
     :class:`~lightning_mosaic.perfmodel.AnalyticModel` whose capacity is ``device.sm_count``;
     ``device`` a :class:`~lightning_mosaic.devices.DeviceSpec`.
     Phases are the graph's levels (units that do not depend on each other); each unit gets a quota
-    from ``device.quotas()`` (the whole device = ``None``), the quotas of a phase adding up to at
-    most the device. ``micro_batches`` fixes the micro-batch count; by default the divisors of
-    ``batch_size`` up to ``max_micro_batches`` are searched. ``method="heuristic"`` is a local
-    search from three starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every
-    split (the reference; small instances only). The predicted activations must fit
+    from ``device.quotas()`` (the whole device = ``None``; see the module docstring for what may
+    share a phase). ``micro_batches`` fixes the micro-batch count; by default the divisors of
+    ``batch_size`` up to ``max_micro_batches`` are searched. ``method="heuristic"`` simulates every
+    split where there are at most ``exact_limit`` of them, and beyond that searches locally from
+    four starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every split (the
+    reference; small instances only). The predicted activations must fit
     ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (no backward pass, inputs from the
     batch only) may also run one step ahead (``Plan.lookahead``; whole batches only): that variant
     is searched too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
@@ -59,15 +73,11 @@ def plan(
             f"the performance model covers {perf_model.capacity} SMs but {device.name} has {device.sm_count};"
             " plan for the device the model was fitted on, or wrap the model for a what-if"
         )
-    # The search asks for the same few (unit, pass, batch, quota) times again and again.
-    perf_model = _Memo(perf_model)
     counts = _micro_batch_counts(batch_size, micro_batches, max_micro_batches)
     budget = MEMORY_HEADROOM * device.memory_bytes
     counts = _fitting(graph, perf_model, device, batch_size, counts, budget)
     levels = graph.levels()
-    options = device.quotas()
-    cache: dict[tuple, tuple[float, int]] = {}
-    specs: dict[tuple, Any] = {}  # the task graph of each (micro-batch count, lookahead)
+    evaluate = _Evaluator(graph, perf_model, device, batch_size, budget)
     # Frozen sources (no backward, inputs from the batch only) may run one step ahead, whole batches only.
     frozen = tuple(
         m for m in graph.topological_order() if not graph.inputs[m] and not perf_model.backward.get(m, True)
@@ -75,45 +85,32 @@ def plan(
     variants = [(k, ()) for k in counts]
     if allow_lookahead and frozen and 1 in counts:
         variants.append((1, frozen))
-
-    def evaluate(k: int, quotas: tuple[int, ...], ahead: tuple[str, ...] = ()) -> tuple[float, int]:
-        key = (k, ahead, quotas)
-        if key not in cache:
-            candidate = _make_plan(levels, quotas, k, device, ahead)
-            if (k, ahead) not in specs:
-                specs[(k, ahead)] = _tasks(graph, perf_model, k, frozenset(ahead))
-            timeline = _simulate(graph, perf_model, candidate, batch_size, specs[(k, ahead)])
-            cache[key] = (
-                timeline.step_s if timeline.peak_bytes <= budget else float("inf"),
-                timeline.peak_bytes,
-            )
-        return cache[key]
-
+    options = device.quotas()
     alone = [  # each unit's time alone on the whole device, in the order of the flat quota vector
         sum(perf_model.predict(m, p, batch_size, device.sm_count) for p in ("forward", "backward"))
         for level in levels
         for m in level
     ]
-    best: tuple[float, int, tuple[int, ...], tuple[str, ...]] | None = None
+    best: tuple[float, int, Quotas, tuple[str, ...]] | None = None
+    exact = method == "exhaustive" or _splits_at_most(levels, options, device.sm_count, exact_limit)
     for k, ahead in variants:
-        score = functools.partial(_with_ahead, evaluate, ahead)
-        if method == "exhaustive":
-            found = _exhaustive(levels, options, device, k, score)
+        limit = best[0] if best is not None else math.inf
+        if exact:
+            found = _exhaustive(levels, options, device.sm_count, k, ahead, evaluate, limit)
         else:
-            found = _local_search(levels, options, device, k, score, alone)
+            found = _local_search(levels, options, device.sm_count, k, ahead, evaluate, alone, limit)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], k, found[1], ahead)
-    base = temporal_plan(graph, device.name)
-    base_timeline = simulate(graph, perf_model, base, batch_size)
+    base_timeline = simulate(graph, perf_model, temporal_plan(graph, device.name), batch_size)
     base = replace(
-        base,
+        temporal_plan(graph, device.name),
         predicted_step_s=base_timeline.step_s,
         predicted_temporal_s=base_timeline.step_s,
         predicted_peak_bytes=base_timeline.peak_bytes,
     )
-    nothing_fits = best is None or best[0] == float("inf")
+    nothing_fits = best is None or best[0] == math.inf
     if nothing_fits and base_timeline.peak_bytes > budget:
-        leanest_peak, leanest = min((peak, key[0]) for key, (_, peak) in cache.items())
+        leanest_peak, leanest = evaluate.leanest()
         raise ValueError(
             f"no plan keeps the predicted activations of a batch of {batch_size} within {MEMORY_HEADROOM:.0%}"
             f" of {device.name}'s {device.memory_bytes / 2**30:.2f} GiB: the temporal plan needs"
@@ -143,35 +140,80 @@ def plan(
         method=method,
         predicted_step_s=step,
         predicted_temporal_s=base_timeline.step_s,
-        predicted_peak_bytes=cache[(k, ahead, quotas)][1],
+        predicted_peak_bytes=evaluate.peak(k, ahead, quotas),
     )
 
 
-def _with_ahead(evaluate: Any, ahead: tuple[str, ...], k: int, quotas: tuple[int, ...]) -> tuple[float, int]:
-    return evaluate(k, quotas, ahead)
+class _Evaluator:
+    """Simulated step time of candidate quota vectors, on arrays, cached, stopped at a limit.
 
+    ``evaluate(k, ahead, quotas, limit)`` is the step time of the candidate, ``inf`` when its
+    activations exceed the memory budget, and some value ``>= limit`` when its step would exceed
+    ``limit`` (the simulation stopped there).
+    """
 
-class _Memo:
-    """A performance model that remembers every answer (same interface, for the simulator)."""
+    def __init__(
+        self, graph: ModuleGraph, model: CostModel, device: DeviceSpec, batch_size: int, budget: float
+    ) -> None:
+        self.graph, self.model, self.batch_size, self.budget = graph, model, batch_size, budget
+        self.capacity = device.sm_count
+        self.order = [m for level in graph.levels() for m in level]
+        self._specs: dict[tuple, Any] = {}
+        self._times: dict[tuple, tuple[float, float]] = {}
+        self._results: dict[tuple, tuple[float, int | None, bool]] = {}  # value, peak, exact
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.modules, self.capacity = model.modules, model.capacity
-        self.calls, self.backward = model.calls, model.backward
-        self._times: dict[tuple, float] = {}
-        self._memory: dict[tuple, int] = {}
+    def _spec(self, k: int, ahead: tuple[str, ...]) -> Any:
+        if (k, ahead) not in self._specs:
+            spec = _tasks(self.graph, self.model.backward, k, frozenset(ahead))
+            slot = {m: i for i, m in enumerate(self.order)}
+            size = self.batch_size / k
+            held = [self.model.memory(m, size) if p == "forward" else 0 for m, p, _ in spec.keys]
+            self._specs[(k, ahead)] = (spec, [slot[m] for m, _, _ in spec.keys], held)
+        return self._specs[(k, ahead)]
 
-    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
-        key = (module, pass_, batch, quota)
+    def _time(self, k: int, module: str, pass_: str, quota: int) -> tuple[float, float]:
+        key = (k, module, pass_, quota)
         if key not in self._times:
-            self._times[key] = self.model.predict(module, pass_, batch, quota)
+            size, calls = self.batch_size / k, self.model.calls.get(module, 1)
+            self._times[key] = (
+                self.model.predict(module, pass_, size, quota) * calls,
+                self.model.predict_host(module, pass_, size, quota) * calls,
+            )
         return self._times[key]
 
-    def memory(self, module: str, batch: float) -> int:
-        key = (module, batch)
-        if key not in self._memory:
-            self._memory[key] = self.model.memory(module, batch)
-        return self._memory[key]
+    def __call__(self, k: int, ahead: tuple[str, ...], quotas: Quotas, limit: float = math.inf) -> float:
+        key = (k, ahead, quotas)
+        known = self._results.get(key)
+        if known is not None and (known[2] or known[0] >= limit):
+            return known[0]
+        spec, slots, held = self._spec(k, ahead)
+        per_task = [quotas[s] for s in slots]
+        times = [self._time(k, m, p, q) for (m, p, _), q in zip(spec.keys, per_task, strict=True)]
+        placed = _schedule(spec, [t[0] for t in times], [t[1] for t in times], per_task, self.capacity, limit)
+        if placed is None:
+            self._results[key] = (limit, None, False)
+            return limit
+        start, end, _ = placed
+        peak = _peak(spec, start, end, held)
+        value = max(end, default=0.0) if peak <= self.budget else math.inf
+        self._results[key] = (value, peak, True)
+        return value
+
+    def peak(self, k: int, ahead: tuple[str, ...], quotas: Quotas) -> int:
+        """The predicted peak activation memory of a candidate (simulated in full if need be)."""
+        known = self._results.get((k, ahead, quotas))
+        if known is None or known[1] is None:
+            self._results.pop((k, ahead, quotas), None)
+            self(k, ahead, quotas)
+            known = self._results[(k, ahead, quotas)]
+        assert known[1] is not None
+        return known[1]
+
+    def leanest(self) -> tuple[int, int]:
+        """The smallest peak simulated in full, and its micro-batch count."""
+        return min(
+            (peak, key[0]) for key, (_, peak, exact) in self._results.items() if exact and peak is not None
+        )
 
 
 def _micro_batch_counts(batch_size: int, wanted: int | None, largest: int) -> list[int]:
@@ -208,7 +250,7 @@ def _fitting(
 
 
 def _make_plan(
-    levels: list[list[str]], quotas: tuple[int, ...], k: int, device: Any, ahead: tuple[str, ...] = ()
+    levels: list[list[str]], quotas: Quotas, k: int, device: Any, ahead: tuple[str, ...] = ()
 ) -> Plan:
     flat = iter(quotas)
     phases = tuple(
@@ -217,88 +259,166 @@ def _make_plan(
     return Plan(phases=phases, micro_batches=k, device=device.name, lookahead=ahead)
 
 
-def _exhaustive(levels, options, device, k, evaluate):
-    """Every split: each unit any quota, the quotas of a phase adding up to at most the device."""
-    import itertools
+def _bounds(levels: list[list[str]]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each level in the flat quota vector."""
+    out: list[tuple[int, int]] = []
+    for level in levels:
+        start = out[-1][1] if out else 0
+        out.append((start, start + len(level)))
+    return out
 
-    per_level = [
-        [combo for combo in itertools.product(options, repeat=len(level)) if sum(combo) <= device.sm_count]
-        for level in levels
-    ]
+
+def _fits(quotas: Quotas, bounds: list[tuple[int, int]], sm_count: int) -> bool:
+    """Every phase of several units runs them side by side (partial quotas that fit the device) or
+    one after another (each on the whole device)."""
+    for a, b in bounds:
+        phase = quotas[a:b]
+        if len(phase) > 1 and any(q >= sm_count for q in phase):
+            if not all(q >= sm_count for q in phase):
+                return False
+        elif sum(phase) > sm_count:
+            return False
+    return True
+
+
+def _phase_splits(units: int, options: list[int], sm_count: int) -> Iterator[Quotas]:
+    """Every quota vector of one phase (see :func:`_fits`), built directly: no split is filtered out."""
+    if units == 1:
+        yield from ((q,) for q in options)
+        return
+    partial = [q for q in options if q < sm_count]
+
+    def build(i: int, room: int) -> Iterator[Quotas]:
+        if i == units:
+            yield ()
+            return
+        for q in partial:
+            if q > room:
+                break  # ascending: the larger ones do not fit either
+            for rest in build(i + 1, room - q):
+                yield (q, *rest)
+
+    yield from build(0, sm_count)
+    yield (sm_count,) * units  # one after another
+
+
+def _splits_at_most(levels: list[list[str]], options: list[int], sm_count: int, limit: int) -> bool:
+    """Whether there are at most ``limit`` splits of the whole graph (counted no further than that)."""
+    total = 1
+    for level in levels:
+        total *= sum(1 for _ in itertools.islice(_phase_splits(len(level), options, sm_count), limit + 1))
+        if total > limit:
+            return False
+    return True
+
+
+def _exhaustive(levels, options, sm_count, k, ahead, evaluate, limit):
+    """Every split (see :func:`_phase_splits`); the best below ``limit``, or None."""
+    per_level = [list(_phase_splits(len(level), options, sm_count)) for level in levels]
     best = None
     for parts in itertools.product(*per_level):
         quotas = tuple(q for part in parts for q in part)
-        step = evaluate(k, quotas)[0]
-        if best is None or step < best[0]:
+        bar = best[0] if best is not None else limit
+        step = evaluate(k, ahead, quotas, bar)
+        if step < bar:
             best = (step, quotas)
     return best
 
 
-def _local_search(levels, options, device, k, evaluate, alone):
-    """Steepest descent from three starting splits; the best end point.
+def _local_search(levels, options, sm_count, k, ahead, evaluate, alone, limit):
+    """Steepest descent from four starting splits; the best end point below ``limit``, or None.
 
-    Moves: one unit one or two granules up or down, or one granule from any unit to any other.
-    Starts: the device split equally in each phase, half of that (room for phases to overlap), and
-    split in proportion to each unit's time alone on the whole device.
+    Moves: one unit one or two granules up or down (the top of the ladder is the whole device), a
+    phase switched between side by side (split equally, or in proportion to the units' times) and
+    one after another, or one granule from a unit to another of its phase; where none of these
+    helps, two units one granule each. Starts: every unit on the
+    whole device (the temporal order within phases), the device split equally in each phase, half of
+    that (room for phases to overlap), and split in proportion to each unit's time alone on the
+    whole device.
     """
     index = {q: n for n, q in enumerate(options)}
-    bounds = []  # (start, end) of each level in the flat quota vector
-    for level in levels:
-        start = bounds[-1][1] if bounds else 0
-        bounds.append((start, start + len(level)))
-    size = bounds[-1][1]
-
-    def feasible(quotas: tuple[int, ...]) -> bool:
-        return all(sum(quotas[a:b]) <= device.sm_count for a, b in bounds)
+    bounds = _bounds(levels)
 
     def snap(value: float) -> int:
         return max((q for q in options if q <= value), default=options[0])
 
     def proportional(a: int, b: int) -> list[int]:
         total = sum(alone[a:b]) or 1.0
-        return [snap(device.sm_count * alone[i] / total) for i in range(a, b)]
+        return [snap(sm_count * alone[i] / total) for i in range(a, b)]
 
-    def repaired(quotas: tuple[int, ...]) -> tuple[int, ...] | None:
+    def repaired(quotas: Quotas) -> Quotas | None:
         """``quotas`` with the largest quota of an over-full phase lowered until every phase fits."""
         quotas = list(quotas)
         for a, b in bounds:
-            while sum(quotas[a:b]) > device.sm_count:
+            if b - a > 1 and all(q >= sm_count for q in quotas[a:b]):
+                continue  # one after another
+            while sum(quotas[a:b]) > sm_count:
                 largest = max(range(a, b), key=lambda i: quotas[i])
                 if index[quotas[largest]] == 0:
                     return None  # the phase has more units than the device has smallest quotas
                 quotas[largest] = options[index[quotas[largest]] - 1]
         return tuple(quotas)
 
+    def moves(current: Quotas) -> Iterator[Quotas]:
+        for i, q in enumerate(current):
+            for delta in (-2, -1, 1, 2):
+                j = index[q] + delta
+                if 0 <= j < len(options):
+                    yield (*current[:i], options[j], *current[i + 1 :])
+        for a, b in bounds:  # a phase between side by side and one after another
+            if b - a > 1:
+                if current[a] >= sm_count:
+                    for split in (starts[1][a:b], starts[3][a:b]):
+                        yield (*current[:a], *split, *current[b:])
+                else:
+                    yield (*current[:a], *(sm_count,) * (b - a), *current[b:])
+        for a, b in bounds:  # one granule between two units of a phase
+            for i, j in itertools.permutations(range(a, b), 2):
+                if index[current[i]] > 0 and index[current[j]] + 1 < len(options):
+                    moved = list(current)
+                    moved[i], moved[j] = options[index[current[i]] - 1], options[index[current[j]] + 1]
+                    yield tuple(moved)
+
+    size = bounds[-1][1]
     starts = [
-        tuple(snap(device.sm_count / (b - a)) for a, b in bounds for _ in range(b - a)),
-        tuple(snap(device.sm_count / (b - a) / 2) for a, b in bounds for _ in range(b - a)),
+        (sm_count,) * size,
+        tuple(snap(sm_count / (b - a)) for a, b in bounds for _ in range(b - a)),
+        tuple(snap(sm_count / (b - a) / 2) for a, b in bounds for _ in range(b - a)),
         tuple(q for a, b in bounds for q in proportional(a, b)),
     ]
-    # Snapping up to the smallest quota can overfill a phase of small units: repair, never start infeasible.
-    starts = [fixed for start in starts if (fixed := repaired(start)) is not None]
+    # Snapping up to the smallest quota can overfill a phase of small units: repair, never start infeasible
+    # (a phase that cannot be split keeps its units one after another).
+    starts = [repaired(start) or starts[0] for start in starts]
+    def pairs(current: Quotas) -> Iterator[Quotas]:
+        """Two units one granule each: what a single move cannot reach across a plateau."""
+        for i, j in itertools.combinations(range(len(current)), 2):
+            for di, dj in itertools.product((-1, 1), repeat=2):
+                qi, qj = index[current[i]] + di, index[current[j]] + dj
+                if 0 <= qi < len(options) and 0 <= qj < len(options):
+                    moved = list(current)
+                    moved[i], moved[j] = options[qi], options[qj]
+                    yield tuple(moved)
+
+    def descend(current: Quotas, step: float, neighbours: Any) -> tuple[float, Quotas] | None:
+        """The best neighbour of ``current`` shorter than ``step``, or None."""
+        improved = None
+        for candidate in neighbours(current):
+            if not _fits(candidate, bounds, sm_count):
+                continue
+            bar = improved[0] if improved is not None else step * (1 - 1e-9)
+            value = evaluate(k, ahead, candidate, bar)
+            if value < bar:
+                improved = (value, candidate)
+        return improved
+
     best = None
-    for start in dict.fromkeys(starts):
-        current, step = start, evaluate(k, start)[0]
+    for start in dict.fromkeys(s for s in starts if s is not None):
+        current, step = start, evaluate(k, ahead, start)
         while True:
-            moves = []
-            for i, q in enumerate(current):
-                for delta in (-2, -1, 1, 2):
-                    j = index[q] + delta
-                    if 0 <= j < len(options):
-                        moves.append((*current[:i], options[j], *current[i + 1 :]))
-            for i in range(size):
-                for j in range(size):
-                    if i != j and index[current[i]] > 0 and index[current[j]] + 1 < len(options):
-                        moved = list(current)
-                        moved[i], moved[j] = options[index[current[i]] - 1], options[index[current[j]] + 1]
-                        moves.append(tuple(moved))
-            scored = [(evaluate(k, m)[0], m) for m in moves if feasible(m)]
-            if not scored:
+            improved = descend(current, step, moves) or descend(current, step, pairs)
+            if improved is None:
                 break
-            new_step, new = min(scored)
-            if new_step >= step * (1 - 1e-9):
-                break
-            current, step = new, new_step
-        if best is None or step < best[0]:
+            step, current = improved
+        if step < limit and (best is None or step < best[0]):
             best = (step, current)
     return best

@@ -35,7 +35,12 @@ class ProfileError(ValueError):
 
 @dataclass
 class Sample:
-    """The median time of one pass of one unit at one grid point; ``seconds`` is None when infeasible."""
+    """The median time of one pass of one unit at one grid point; ``seconds`` is None when infeasible.
+
+    ``seconds`` is the device's time (CUDA events; the wall clock on a CPU), ``host_seconds`` the
+    time the calling thread took to issue the pass (the wall clock around the call, which on a CPU
+    runs it); None in profiles that did not measure it.
+    """
 
     module: str
     pass_: str  # "forward" or "backward" (``"pass"`` in JSON)
@@ -46,6 +51,7 @@ class Sample:
     repeats: int = 0  # timed runs behind the median
     spread: float = 0.0  # (slowest - fastest) / median of the timed runs
     error: str = ""  # why the point is infeasible
+    host_seconds: float | None = None
 
 
 @dataclass
@@ -251,6 +257,7 @@ _SAMPLE = {
     "repeats": int,
     "spread": _NUM,
     "error": str,
+    "host_seconds": (float, int, type(None)),
 }
 _MEMORY = {
     "module": str,
@@ -291,7 +298,7 @@ SCHEMA: dict[str, Any] = {
     "graph": (dict, type(None)),
 }
 """The profile's JSON layout: a type, a tuple of allowed types, ``[item]`` for lists, a dict for objects."""
-OPTIONAL = frozenset({"graph"})  # fields a profile may lack (read as null)
+OPTIONAL = frozenset({"graph", "host_seconds"})  # fields a profile may lack (read as null)
 
 
 def validate(data: Any) -> list[str]:
@@ -322,6 +329,9 @@ def validate(data: Any) -> list[str]:
             problems.append(f"{where}.pass {s['pass']!r} is not one of {PASSES}")
         if s["feasible"] and (s["seconds"] is None or not math.isfinite(s["seconds"]) or s["seconds"] <= 0):
             problems.append(f"{where}: a feasible sample needs positive seconds, got {s['seconds']!r}")
+        host = s.get("host_seconds")
+        if host is not None and (not math.isfinite(host) or host < 0):
+            problems.append(f"{where}: host_seconds must be a finite number >= 0, got {host!r}")
         if not 1 <= s["quota"] <= data["capacity"] or s["batch"] < 1:
             problems.append(
                 f"{where}: quota {s['quota']} must be in 1..{data['capacity']}"

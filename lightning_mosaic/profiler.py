@@ -329,19 +329,27 @@ class _Replay:
             _, _, leaves = self.inputs(batch)
             torch.autograd.grad(outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True)
 
-    def run(self, batch: int, clock: _Clock, times: int) -> list[tuple[float, float]]:
-        """``times`` forward (+ backward) runs; (forward, backward) seconds of each."""
+    def run(self, batch: int, clock: _Clock, times: int) -> list[tuple[float, float, float, float]]:
+        """``times`` forward (+ backward) runs; (forward, backward) device seconds and (forward,
+        backward) host seconds of each.
+
+        The host's is the wall clock around each call: the time this thread takes to issue the
+        pass (on a CPU, to run it). On a GPU each run starts on an empty queue, so no wait for
+        earlier work counts as issuing.
+        """
         marks = []
         with self.context():
             for _ in range(times):
-                a = clock.mark()
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                h0, a = time.perf_counter(), clock.mark()
                 outs = self.forward(batch)
-                b = clock.mark()
+                b, h1 = clock.mark(), time.perf_counter()
                 self.backward_pass(batch, outs)
-                c = clock.mark()
+                c, h2 = clock.mark(), time.perf_counter()
                 del outs
-                marks.append((a, b, c))
-        return [(clock.seconds(a, b), clock.seconds(b, c)) for a, b, c in marks]
+                marks.append((a, b, c, h1 - h0, h2 - h1))
+        return [(clock.seconds(a, b), clock.seconds(b, c), fh, bh) for a, b, c, fh, bh in marks]
 
     def memory(self, batch: int) -> MemorySample:
         """One forward + backward on the whole device: saved activations, and the CUDA peak."""
@@ -570,7 +578,10 @@ def _measure_point(
         times = [run[index] for run in runs]
         median = statistics.median(times)
         spread = (max(times) - min(times)) / median if median > 0 else 0.0
-        out.append(Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread))
+        host = statistics.median(run[index + 2] for run in runs)
+        out.append(
+            Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host)
+        )
     return out
 
 

@@ -108,6 +108,26 @@ def test_memory_is_linear_in_the_batch():
     assert PerfModel().fit(profile).memory("vision", 16) == 3200  # peak bytes win; one point: proportional
 
 
+def test_host_time_is_a_line_in_the_batch_on_a_gpu_and_the_time_itself_on_a_cpu():
+    profile = synthetic_profile(0, noise=0.0)
+    for s in profile.samples:
+        s.host_seconds = 2e-4 + 1e-5 * s.batch  # issuing costs the same on any number of SMs
+    model = PerfModel().fit(profile)
+    assert model.predict_host("vision", "forward", 20, 8) == pytest.approx(4e-4, rel=1e-6)
+    assert model.predict_host("vision", "forward", 20, 132) == model.predict_host("vision", "forward", 20, 8)
+    assert "host time not measured" not in model.describe()
+    assert PerfModel.from_dict(model.to_dict()).predict_host("llm", "backward", 6, 64) == pytest.approx(
+        2.6e-4
+    )
+    unmeasured = PerfModel().fit(synthetic_profile(0))  # no host times: kernels assumed issued ahead
+    assert unmeasured.predict_host("vision", "forward", 20, 8) == 0.0
+    assert "host time not measured (an older profile)" in unmeasured.describe()
+    cpu = synthetic_profile(0, noise=0.0)
+    cpu.quota_unit = "thread"  # threads: the host runs the work
+    threads = PerfModel().fit(cpu)
+    assert threads.predict_host("llm", "forward", 8, 40) == threads.predict("llm", "forward", 8, 40)
+
+
 def test_frozen_module_has_no_backward_time():
     profile = synthetic_profile(0)
     profile.modules[0].backward = False

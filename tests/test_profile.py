@@ -53,6 +53,13 @@ def test_json_round_trip_keeps_everything_including_infeasible_points():
     assert again.samples_of("enc", "forward") == [profile.samples[0]]
 
 
+def test_a_profile_without_host_times_still_reads():
+    data = make_profile().to_dict()
+    for sample in data["samples"]:
+        sample.pop("host_seconds")  # written before host times were measured
+    assert all(s.host_seconds is None for s in Profile.from_dict(data).samples)
+
+
 def test_file_round_trip(tmp_path):
     path = tmp_path / "sub" / "profile.json"
     make_profile().save(path)
@@ -74,6 +81,8 @@ def test_file_round_trip(tmp_path):
         (lambda d: d["samples"][0].update(quota=3), "quota 3 must be in 1..2"),
         (lambda d: d["samples"][0].update(feasible=1), "feasible must be bool, got int"),
         (lambda d: d.update(quota_unit="cores"), "quota_unit 'cores' is not one of"),
+        (lambda d: d["samples"][0].update(host_seconds=-1.0), "host_seconds must be a finite number >= 0"),
+        (lambda d: d["samples"][0].update(host_seconds="1"), "host_seconds must be float or int or null"),
     ],
 )
 def test_invalid_data_is_an_error_naming_the_field(edit, message):

@@ -130,6 +130,8 @@ def test_profile_covers_the_grid_and_leaves_the_model_as_it_was():
     assert validate(profile.to_dict()) == []
     assert Profile.from_json(profile.to_json()) == profile
     assert profile.device == "cpu" and profile.quota_unit == "thread"
+    for s in (s for s in profile.samples if s.feasible):  # on a CPU the issuing thread runs the pass
+        assert s.host_seconds is not None and abs(s.host_seconds - s.seconds) <= 0.2 * s.seconds + 1e-4
     assert profile.capacity == torch.get_num_threads()
     assert profile.quotas == quota_grid(profile.capacity)
     assert profile.batches == [2, 4, 8]

@@ -45,7 +45,11 @@ def check_timeline(
     assert len(task) == len(timeline.tasks) == k * (len(graph.modules) + len(backward))
     for (m, p, i), t in task.items():
         assert t.quota == quota[m]
-        assert t.end - t.start == pytest.approx(model.predict(m, p, batch / k, quota[m]), rel=1e-12)
+        device = model.predict(m, p, batch / k, quota[m])
+        host = model.predict_host(m, p, batch / k, quota[m])
+        assert t.issued_until - t.issued == pytest.approx(host, rel=1e-9, abs=1e-15)
+        assert t.start >= t.issued - eps, "no kernel runs before the host issues it"
+        assert t.end == pytest.approx(max(t.start + device, t.issued_until), rel=1e-12)
         ahead = set(plan.lookahead)  # their outputs for this step were made in the previous one
         if p == "forward":
             for producer in graph.inputs[m]:
@@ -65,6 +69,9 @@ def check_timeline(
         mine += [task[(m, "backward", i)] for i in range(k) if m in backward]
         for a, b in itertools.pairwise(mine):
             assert b.start >= a.end - eps
+    for a, b in itertools.pairwise(timeline.tasks):  # one host thread issues the tasks in issue order
+        assert b.issued == pytest.approx(a.issued_until, rel=1e-12, abs=1e-15)
+    assert timeline.host_s == pytest.approx(timeline.tasks[-1].issued_until)
     for t in timeline.tasks:  # at every start, the running quotas fit the device
         running = sum(o.quota for o in timeline.tasks if o.start <= t.start + eps and o.end > t.start + eps)
         assert running <= model.capacity
@@ -102,6 +109,55 @@ def test_independent_units_overlap_in_the_simulated_step_when_their_quotas_fit()
     assert timeline.step_s == pytest.approx(4.0)  # a|b, c, c', a'|b'
     too_big = simulate(graph, model, Plan([Phase({"a": 10, "b": 10}), Phase({"c": None})]), 4)
     assert too_big.step_s == pytest.approx(6.0)  # 10 + 10 > 16 SMs: one after the other
+
+
+def test_launch_bound_units_gain_nothing_side_by_side_and_compute_bound_ones_do():
+    """One host thread issues every stream's kernels: what only the host limits cannot overlap."""
+    graph = ModuleGraph.from_edges({"a": [], "b": [], "c": ["a", "b"]})
+    side_by_side = Plan([Phase({"a": 8, "b": 8}), Phase({"c": None})])
+
+    def step(host_s: float, plan: Plan) -> float:
+        model = AnalyticModel(  # 1 s of device work on 8 SMs or more; host_s to issue it
+            lambda m, p, b, q: 1.0 if q >= 8 else 2.0,
+            modules=["a", "b", "c"],
+            capacity=16,
+            host_fn=lambda m, p, b, q: host_s,
+        )
+        return simulate(graph, model, plan, 4).step_s
+
+    temporal = Plan([Phase({"a": None}), Phase({"b": None}), Phase({"c": None})])
+    assert step(0.0, temporal) / step(0.0, side_by_side) == pytest.approx(6 / 4)  # compute-bound: 1.5x
+    launch_bound = step(1.0, temporal) / step(1.0, side_by_side)
+    assert launch_bound == pytest.approx(1.0), "issuing a and b takes the host 2 s either way"
+    assert step(1.0, side_by_side) == pytest.approx(6.0)  # six tasks, each issued for 1 s, in turn
+
+
+def test_the_hosts_issue_order_is_the_engines_launch_order():
+    """The simulator's issue order is the order in which one step launches the units' work."""
+    from helpers import demo_batch, demo_model
+
+    from lightning_mosaic.engine import Engine, RecordingBackend
+    from lightning_mosaic.selection import select_modules
+    from lightning_mosaic.simulator import _tasks
+    from lightning_mosaic.tracing import trace
+
+    model = demo_model()
+    units = select_modules(model)
+    graph, _ = trace(units, lambda: model._loss(demo_batch(0)))
+    backend = RecordingBackend()
+    engine = Engine()
+    engine.attach(units, backend=backend)
+    with backend.recording():
+        with engine.step():
+            loss = model._loss(demo_batch(1))
+        engine.before_backward(loss)
+        loss.backward()
+        engine.join()
+    engine.detach()
+    launched = [(e.stream, e.phase) for e in backend.log if e.kind == "launch" and e.stream in units]
+    first_seen = list(dict.fromkeys(launched))
+    issued = [(m, p) for m, p, _ in _tasks(graph, dict.fromkeys(units, True), 1).keys]
+    assert first_seen == issued, (first_seen, issued)
 
 
 def test_memory_is_held_from_forward_to_backward():
