@@ -95,6 +95,15 @@ class GpuMonitor(L.Callback):
         }
 
 
+def training_precision(accelerator: str, asked: str | None) -> str:
+    """The precision to measure in: ``asked``, else bf16-mixed on a GPU (what users train in) and
+    32-true on a CPU. fp32 matmuls use TF32 where the GPU has it (``set_float32_matmul_precision``)."""
+    torch.set_float32_matmul_precision("high")
+    if asked is not None:
+        return asked
+    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+
+
 def quiet_trainer(strategy: Any, accelerator: str, precision: str, steps: int, **kwargs: Any) -> L.Trainer:
     """One device, ``steps`` training steps, no logger, checkpoints, progress bar or validation."""
     options: dict[str, Any] = dict(

@@ -44,7 +44,7 @@ from lightning_mosaic.simulator import lower_bound
 from lightning_mosaic.zoo.sizes import SIZES as ZOO_SIZES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import GpuMonitor, StepTimer, environment, quiet_trainer
+from _timing import GpuMonitor, StepTimer, environment, quiet_trainer, training_precision
 
 VARIANTS = ("temporal", "naive", "mosaic")
 MODELS = ("demo", "vlm", "avlm", "bind")
@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per run (default: 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (default: gpu if present)")
-    parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="Lightning precision (default: bf16-mixed on GPU, 32-true on CPU)",
+    )
     parser.add_argument("--profile-warmup", type=int, default=3, help="plain steps before profiling")
     parser.add_argument("--profile-seconds", type=float, default=60.0, help="time budget of the profile")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: a quick check")
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     if min(args.steps, args.rounds, args.batch_size, args.warmup, args.profile_warmup) < 1:
         parser.error("--steps, --rounds, --batch-size, --warmup and --profile-warmup must be >= 1")
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    args.precision = training_precision(args.accelerator, args.precision)
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out.parent if args.out else Path(scratch)

@@ -26,7 +26,7 @@ from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import StepTimer, environment, quiet_trainer
+from _timing import StepTimer, environment, quiet_trainer, training_precision
 
 
 def run(variant: str, args: argparse.Namespace) -> list[float]:
@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per round (default: 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--accelerator", default="cpu", help="cpu (default) or gpu")
-    parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="Lightning precision (default: bf16-mixed on GPU, 32-true on CPU)",
+    )
     parser.add_argument(
         "--plan",
         choices=("temporal", "concurrent"),
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    args.precision = training_precision(args.accelerator, args.precision)
     times: dict[str, list[float]] = {"plain": [], "mosaic": []}
     rounds = []
     for r in range(args.rounds):

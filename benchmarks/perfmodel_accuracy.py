@@ -27,6 +27,9 @@ import lightning_mosaic  # noqa: F401  (registers the strategy)
 from lightning_mosaic.demo import SIZES, DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.lightning.callback import MosaicProfiler
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import training_precision
+
 TARGETS = {"cuda": 0.05, "cpu": 0.10}
 
 
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time budget of the profile")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per grid point")
     parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="Lightning precision (default: bf16-mixed on GPU, 32-true on CPU)",
+    )
     parser.add_argument("--out", type=Path, default=Path("perfmodel_accuracy.json"))
     parser.add_argument("--profile-out", type=Path, default=None, help="where to write the profile JSON")
     args = parser.parse_args(argv)
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer = L.Trainer(
         accelerator=args.accelerator,
+        precision=training_precision(args.accelerator, args.precision),
         devices=1,
         max_steps=steps,
         logger=False,

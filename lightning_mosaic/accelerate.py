@@ -76,6 +76,7 @@ def prepare(
         broadcast=_broadcast,
         is_main=accelerator.is_main_process,
         notes=[NOTE],
+        precision=f"accelerate mixed_precision={accelerator.mixed_precision}",
     )
     mosaic.out_dir = os.path.dirname(os.path.abspath(mosaic.settings.path or "."))
     _Hooks(mosaic, items[0], [o for o in items[1:] if isinstance(o, torch.optim.Optimizer)])

@@ -389,6 +389,7 @@ def _local_search(levels, options, sm_count, k, ahead, evaluate, alone, limit):
     # Snapping up to the smallest quota can overfill a phase of small units: repair, never start infeasible
     # (a phase that cannot be split keeps its units one after another).
     starts = [repaired(start) or starts[0] for start in starts]
+
     def pairs(current: Quotas) -> Iterator[Quotas]:
         """Two units one granule each: what a single move cannot reach across a plateau."""
         for i, j in itertools.combinations(range(len(current)), 2):

@@ -136,6 +136,9 @@ class Profile:
         if capacity is not None and capacity != self.capacity:
             unit = unit_label(self.quota_unit)
             return f"it was measured with {self.capacity} {unit}, this run has {capacity}"
+        ours, theirs = self.fingerprint.get("precision"), fingerprint.get("precision")
+        if ours != theirs:
+            return f"it was measured in {ours or 'an unrecorded precision'}, this run trains in {theirs}"
         if self.fingerprint.get("digest") != fingerprint.get("digest"):
             ours, theirs = self.fingerprint.get("modules", {}), fingerprint.get("modules", {})
             changed = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
@@ -198,9 +201,10 @@ class Profile:
 
     def describe(self) -> str:
         unit = unit_label(self.quota_unit)
+        precision = self.fingerprint.get("precision") or "precision not recorded"
         lines = [
             f"profile of {len(self.modules)} modules on {self.device} ({self.capacity} {unit}), torch "
-            f"{self.torch_version}, batch {self.batch_size}",
+            f"{self.torch_version}, batch {self.batch_size}, {precision}",
             f"  grid: batches {self.batches} x quotas {self.quotas} {unit}"
             + (f"; green contexts: {self.green_context}" if self.green_context else ""),
             f"  measured in {self.seconds:.1f} s"
@@ -231,8 +235,10 @@ def batch_grid(batch_size: int, fractions: list[float] | tuple[float, ...]) -> l
     return sorted({max(1, round(f * batch_size)) for f in fractions})
 
 
-def fingerprint(units: Mapping[str, nn.Module]) -> dict[str, Any]:
-    """What identifies a model for profile reuse: unit names, their parameters' names, shapes and dtypes."""
+def fingerprint(units: Mapping[str, nn.Module], precision: str | None = None) -> dict[str, Any]:
+    """What identifies a model for profile reuse: unit names, their parameters' names, shapes and
+    dtypes, and the precision it trains in (``"bf16-mixed, float32 matmul high"``; see
+    :func:`precision_of`)."""
     modules = {
         name: [
             [pname, list(p.shape), str(p.dtype).removeprefix("torch."), bool(p.requires_grad)]
@@ -240,8 +246,16 @@ def fingerprint(units: Mapping[str, nn.Module]) -> dict[str, Any]:
         ]
         for name, module in units.items()
     }
-    digest = hashlib.sha256(json.dumps(modules, sort_keys=True).encode()).hexdigest()[:16]
-    return {"digest": digest, "modules": modules}
+    digest = hashlib.sha256(json.dumps([modules, precision], sort_keys=True).encode()).hexdigest()[:16]
+    return {"digest": digest, "modules": modules, "precision": precision}
+
+
+def precision_of(precision: str) -> str:
+    """``precision`` (the training framework's: ``"32-true"``, ``"bf16-mixed"``, ...) with the float32
+    matmul precision in force (``"highest"``, or ``"high"`` with TF32), which changes fp32 kernels."""
+    import torch
+
+    return f"{precision}, float32 matmul {torch.get_float32_matmul_precision()}"
 
 
 # ---------------------------------------------------------------------- schema
@@ -276,7 +290,7 @@ _MODULE = {
 }
 SCHEMA: dict[str, Any] = {
     "schema_version": int,
-    "fingerprint": {"digest": str, "modules": dict},
+    "fingerprint": {"digest": str, "modules": dict, "precision": (str, type(None))},
     "device": str,
     "device_type": str,
     "quota_unit": str,
@@ -298,7 +312,7 @@ SCHEMA: dict[str, Any] = {
     "graph": (dict, type(None)),
 }
 """The profile's JSON layout: a type, a tuple of allowed types, ``[item]`` for lists, a dict for objects."""
-OPTIONAL = frozenset({"graph", "host_seconds"})  # fields a profile may lack (read as null)
+OPTIONAL = frozenset({"graph", "host_seconds", "precision"})  # fields a profile may lack (read as null)
 
 
 def validate(data: Any) -> list[str]:

@@ -429,12 +429,14 @@ def profile_units(
     max_seconds: float = 60.0,
     calls: Mapping[str, int] | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> Profile:
     """Time every captured unit alone over ``batch_fractions`` x ``quotas``; see the module docstring.
 
     ``quotas`` are SM counts on a GPU or thread counts on a CPU (default: a grid from the smallest
     the hardware allows); the whole device is always measured too. ``calls`` are calls per step
-    (from :class:`InputCapture`).
+    (from :class:`InputCapture`); ``precision`` the training precision, kept in the fingerprint
+    (:func:`~lightning_mosaic.profile.precision_of`).
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("repeats", repeats)
@@ -507,7 +509,7 @@ def profile_units(
         notes.append(f"stopped by max_seconds={max_seconds:g} after {done} of {len(points)} points")
     counts = calls or {}
     return Profile(
-        fingerprint=fingerprint(units),  # every unit, called or not: what the callback compares
+        fingerprint=fingerprint(units, precision),  # every unit, called or not: what reuse compares
         device=device_name(device),
         device_type=device.type,
         quota_unit=runner.unit,

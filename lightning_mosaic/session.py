@@ -48,7 +48,7 @@ from lightning_mosaic.microbatch import batch_size as default_batch_size
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
-from lightning_mosaic.profile import Profile, fingerprint
+from lightning_mosaic.profile import Profile, fingerprint, precision_of
 from lightning_mosaic.profiler import DEFAULT_FRACTIONS, InputCapture, profile_units
 from lightning_mosaic.selection import check_names, select_modules
 from lightning_mosaic.tracing import Tracer
@@ -165,6 +165,8 @@ class Session:
         notes: notes added to every plan the session makes.
         batch_size_of: the number of samples in a batch (for the profiled batch size).
         on_apply: called with the final plan (None while provisional) each time the engine is attached.
+        precision: the precision the model trains in (the framework's name: ``"32-true"``,
+            ``"bf16-mixed"``, ...); a profile measured in another is not reused.
 
     ``units``, ``engine``, ``graph``, ``stage``, ``profile``, ``perf_model``, ``reused`` (the
     profile was not measured in this run), ``plan``, ``planned`` and ``steps`` tell where it stands.
@@ -190,6 +192,7 @@ class Session:
         notes: Sequence[str] = (),
         batch_size_of: Callable[[Any], int] = default_batch_size,
         on_apply: Callable[[Plan | None], None] | None = None,
+        precision: str = "32-true",
     ) -> None:
         self.model_name = type(model).__name__
         self.device = torch.device(device)
@@ -208,6 +211,7 @@ class Session:
         self.notes = tuple(notes)
         self.batch_size_of = batch_size_of
         self.on_apply = on_apply
+        self.precision = precision
         self.engine: Engine | None = Engine() if route else None
         self.graph: ModuleGraph | None = None
         self.stage = Stage.OFF
@@ -423,6 +427,7 @@ class Session:
                     capture.captured,
                     self._batch_size,
                     calls=dict(capture.calls),
+                    precision=precision_of(self.precision),
                     **self.settings.grid(),
                 )
             profile.graph = self.graph.to_dict() if self.graph is not None else None
@@ -447,7 +452,8 @@ class Session:
 
     def _matching(self, candidates: Sequence[tuple[str, Profile]]) -> Profile | None:
         """The first ``(source, profile)`` measured for these units on this device; warns of the others."""
-        here, spec = fingerprint(self.units), DeviceSpec.from_current(self.device)
+        here = fingerprint(self.units, precision_of(self.precision))
+        spec = DeviceSpec.from_current(self.device)
         for source, profile in candidates:
             reason = profile.mismatch(here, spec.name, spec.sm_count)
             if reason is None:

@@ -80,6 +80,18 @@ def test_a_profile_of_another_model_warns_and_profiles_again(tmp_path, caplog):
     assert not Profile.load(path).module("vision").trainable  # replaced by the new profile
 
 
+def test_a_profile_of_another_precision_is_not_reused(tmp_path, caplog):
+    first = MosaicProfiler(**FAST)
+    fit([first], tmp_path)
+    assert first.profile.fingerprint["precision"].startswith("32-true, float32 matmul ")
+    again = MosaicProfiler(**FAST)
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        fit([again], tmp_path, precision="bf16-mixed")
+    assert "does not match this run: it was measured in 32-true" in caplog.text
+    assert "this run trains in bf16-mixed" in caplog.text
+    assert not again.reused and again.profile.fingerprint["precision"].startswith("bf16-mixed")
+
+
 def test_a_corrupt_profile_file_is_an_error_naming_it(tmp_path):
     path = tmp_path / "mosaic_profile.json"
     path.write_text('{"schema_version": 1, "samples": [')

@@ -119,6 +119,9 @@ def test_fingerprint_follows_names_shapes_dtypes_and_trainability():
         {"enc": nn.Linear(4, 4).requires_grad_(False)},
     ]
     assert all(fingerprint(o)["digest"] != fingerprint(a)["digest"] for o in others)
+    bf16 = fingerprint(a, "bf16-mixed, float32 matmul highest")
+    assert bf16["precision"] == "bf16-mixed, float32 matmul highest"
+    assert bf16["digest"] != fingerprint(a, "32-true, float32 matmul highest")["digest"]
 
 
 def test_mismatch_reasons():
@@ -129,6 +132,10 @@ def test_mismatch_reasons():
     assert "measured with 2 threads, this run has 8" in profile.mismatch(same, "cpu", 8)
     changed = {"digest": "xyz", "modules": {"enc": [["w", [3, 3], "float32", True]]}}
     assert "modules with other parameters: ['enc']" in profile.mismatch(changed, "cpu")
+    other = dict(same, precision="bf16-mixed, float32 matmul high")
+    assert profile.mismatch(other, "cpu") == (
+        "it was measured in an unrecorded precision, this run trains in bf16-mixed, float32 matmul high"
+    )
 
 
 def test_describe_and_queries():

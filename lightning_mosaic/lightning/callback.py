@@ -117,6 +117,7 @@ class MosaicProfiler(Callback):
             broadcast=strategy.broadcast,
             is_main=trainer.is_global_zero,
             batch_size_of=extract_batch_size,
+            precision=str(trainer.precision),
         )
         if self.restored is not None:
             self.session.load_state_dict({"profile": self.restored})

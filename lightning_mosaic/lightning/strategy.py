@@ -286,6 +286,7 @@ class MosaicStrategy(DDPStrategy):
         session.settings = settings.in_directory(trainer.default_root_dir)
         session.profile_requested = requested
         session.is_main = self.is_global_zero
+        session.precision = str(trainer.precision)
         session.out_dir = trainer.log_dir  # every rank: it broadcasts
         restored, self._restored = self._restored, None
         if restored is None and profiler is not None and profiler.restored is not None:
