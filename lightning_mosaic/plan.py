@@ -62,6 +62,8 @@ class Plan:
     predicted_peak_bytes: int | None = None
     notes: tuple[str, ...] = ()
     lookahead: tuple[str, ...] = ()  # frozen units computed one step ahead
+    measured_step_s: float | None = None  # median step under the plan, timed by the guard
+    measured_temporal_s: float | None = None  # median temporal step of the same run
 
     def __post_init__(self) -> None:
         phases = tuple(p if isinstance(p, Phase) else Phase(p) for p in self.phases)
@@ -179,6 +181,12 @@ class Plan:
             lines.append(line)
         if self.predicted_peak_bytes is not None:
             lines.append(f"  predicted peak memory {self.predicted_peak_bytes / 2**30:.2f} GiB")
+        measured, temporal = self.measured_step_s, self.measured_temporal_s
+        if measured is not None and temporal is not None:
+            lines.append(
+                f"  measured step {measured * 1e3:.2f} ms vs temporal {temporal * 1e3:.2f} ms"
+                f" ({temporal / measured:.2f}x)"
+            )
         if self.lookahead:
             lines.append(
                 f"  one step ahead (frozen, overlapping the previous step): {', '.join(self.lookahead)}"
@@ -198,6 +206,8 @@ class Plan:
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "notes": list(self.notes),
             "lookahead": list(self.lookahead),
+            "measured_step_s": self.measured_step_s,
+            "measured_temporal_s": self.measured_temporal_s,
         }
 
     @classmethod
@@ -215,6 +225,8 @@ class Plan:
             predicted_peak_bytes=data.get("predicted_peak_bytes"),
             notes=tuple(data.get("notes", ())),
             lookahead=tuple(data.get("lookahead", ())),
+            measured_step_s=data.get("measured_step_s"),
+            measured_temporal_s=data.get("measured_temporal_s"),
         )
 
     def to_json(self) -> str:

@@ -45,6 +45,7 @@ from torch.utils.hooks import RemovableHandle
 import lightning_mosaic.engine.green as green
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors, map_tensors
+from lightning_mosaic.clock import Clock
 from lightning_mosaic.devices import DeviceSpec, device_name, unit_label
 from lightning_mosaic.profile import (
     MemorySample,
@@ -158,26 +159,6 @@ def quota_grid(capacity: int, minimum: int = 1, multiple: int = 1, steps: int = 
         if rounded < capacity:
             out.add(rounded)
     return sorted(out)
-
-
-class _Clock:
-    """Time marks on the CPU (``perf_counter``) or on the current CUDA stream (events)."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-
-    def mark(self) -> Any:
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def seconds(self, a: Any, b: Any) -> float:
-        if not self.cuda:
-            return b - a
-        b.synchronize()
-        return a.elapsed_time(b) / 1e3
 
 
 class _Quotas:
@@ -329,7 +310,7 @@ class _Replay:
             _, _, leaves = self.inputs(batch)
             torch.autograd.grad(outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True)
 
-    def run(self, batch: int, clock: _Clock, times: int) -> list[tuple[float, float, float, float]]:
+    def run(self, batch: int, clock: Clock, times: int) -> list[tuple[float, float, float, float]]:
         """``times`` forward (+ backward) runs; (forward, backward) device seconds and (forward,
         backward) host seconds of each.
 
@@ -456,7 +437,7 @@ def profile_units(
     started = time.perf_counter()
     device = _device_of(units[names[0]], captured[names[0]].args)
     runner = _Quotas(device, quotas)
-    clock = _Clock(device.type == "cuda")
+    clock = Clock(device.type == "cuda")
     replays = {name: _Replay(name, units[name], captured[name], batch_size) for name in names}
     batches = batch_grid(batch_size, fractions)
     notes = list(runner.notes)
@@ -551,7 +532,7 @@ def _measure_point(
     batch: int,
     quota: int,
     runner: _Quotas,
-    clock: _Clock,
+    clock: Clock,
     warmup: int,
     repeats: int,
     deadline: float,

@@ -33,17 +33,19 @@ import enum
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from lightning_mosaic._logging import get_logger, warn_once
+from lightning_mosaic.clock import Clock, Marks
 from lightning_mosaic.devices import DeviceSpec, device_name
 from lightning_mosaic.engine import Backend, Engine, check_backend, make_backend, why_inline
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.guard import OTHER, PLAN, STEPS, TEMPORAL, Guard, Verdict
 from lightning_mosaic.microbatch import batch_size as default_batch_size
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
@@ -167,6 +169,8 @@ class Session:
         on_apply: called with the final plan (None while provisional) each time the engine is attached.
         precision: the precision the model trains in (the framework's name: ``"32-true"``,
             ``"bf16-mixed"``, ...); a profile measured in another is not reused.
+        guard_steps: steps timed under a plan made from a profile before the guard judges it.
+        clock: what times the guard's steps (default CUDA events on a GPU, the wall clock on a CPU).
 
     ``units``, ``engine``, ``graph``, ``stage``, ``profile``, ``perf_model``, ``reused`` (the
     profile was not measured in this run), ``plan``, ``planned`` and ``steps`` tell where it stands.
@@ -193,6 +197,8 @@ class Session:
         batch_size_of: Callable[[Any], int] = default_batch_size,
         on_apply: Callable[[Plan | None], None] | None = None,
         precision: str = "32-true",
+        guard_steps: int = STEPS,
+        clock: Marks | None = None,
     ) -> None:
         self.model_name = type(model).__name__
         self.device = torch.device(device)
@@ -212,6 +218,7 @@ class Session:
         self.batch_size_of = batch_size_of
         self.on_apply = on_apply
         self.precision = precision
+        self.guard = Guard(clock or Clock(self.device.type == "cuda"), guard_steps)
         self.engine: Engine | None = Engine() if route else None
         self.graph: ModuleGraph | None = None
         self.stage = Stage.OFF
@@ -230,12 +237,16 @@ class Session:
         self._tracer: Tracer | None = None
         self._batch_size = 0
         self._announced: Plan | None = None
+        self._first_step = True  # of the run: traced, so not timed
+        self._guarding = False  # a plan made from a profile awaits the guard's verdict
+        self._plan_settled = False  # the first step under that plan is over
 
     # ------------------------------------------------------------------ what drivers call
 
     def start(self, fitting: bool = True) -> None:
         """Begin a run (``fitting``: a training run, where profiling happens): apply the plan at hand."""
         self.fitting, self._started, self._finished = fitting, True, False
+        self._first_step = True
         if not self.units:
             warn_once(
                 log,
@@ -306,20 +317,38 @@ class Session:
     def before_step(self, steps_done: int, batch: Any) -> None:
         """A training step on ``batch`` starts after ``steps_done`` optimizer steps.
 
-        Profiles a step captured earlier and plans (as :meth:`advance` does, but a capture in
-        progress, begun for this very step by another driver, goes on), then, once the warmup is
-        over, records this step's unit inputs (and traces it, when no graph is known yet).
+        Ends the guard's timing of the step before; profiles a step captured earlier, plans and
+        judges a new plan (as :meth:`advance` does, but a capture in progress, begun for this very
+        step by another driver, goes on); then, once the warmup is over, records this step's unit
+        inputs (and traces it, when no graph is known yet), and starts timing this step.
         """
-        self._settle(steps_done)
-        if self.stage is not Stage.WARMUP or steps_done < self.settings.warmup_steps:
+        if not self.units:
             return
-        # Under a plan with micro-batches the units see the first (largest) micro-batch.
-        self._batch_size = -(-self.batch_size_of(batch) // self.micro_batches_now)
-        self._capture = InputCapture(self.units)
-        self._capture.start()
-        if self.graph is None and self._tracer is None:
-            self._tracer = Tracer(self.units).__enter__()
-        self.stage = Stage.CAPTURING
+        timed = self.engine is not None  # only a session that applies plans has one to judge
+        if timed:
+            self.guard.end()
+        self._settle(steps_done)
+        captured = self.stage is Stage.WARMUP and steps_done >= self.settings.warmup_steps
+        if captured:
+            # Under a plan with micro-batches the units see the first (largest) micro-batch.
+            self._batch_size = -(-self.batch_size_of(batch) // self.micro_batches_now)
+            self._capture = InputCapture(self.units)
+            self._capture.start()
+            if self.graph is None and self._tracer is None:
+                self._tracer = Tracer(self.units).__enter__()
+            self.stage = Stage.CAPTURING
+        if timed:
+            self.guard.start(self._step_kind(captured))
+
+    def _step_kind(self, captured: bool) -> str:
+        """What the guard counts the step about to start as (see ``guard.py``)."""
+        first, self._first_step = self._first_step, False
+        if first or captured:
+            return OTHER  # traced, or recording its inputs
+        if self._guarding:
+            settled, self._plan_settled = self._plan_settled, True
+            return PLAN if settled else OTHER  # the first step under a plan sets up its streams
+        return TEMPORAL if self._planning and not self.planned else OTHER
 
     def advance(self, steps_done: int | None = None) -> None:
         """A step is over: end its capture, profile it, fit, plan from a profile at hand, apply the plan."""
@@ -332,15 +361,21 @@ class Session:
             self.steps = steps_done
         if self.stage is Stage.CAPTURED:
             self._measure()
-        if self.stage is Stage.PROFILED and self._planning and not self.planned:
+        warmed = self.steps >= self.settings.warmup_steps  # a reused profile waits for the warmup's times
+        if self.stage is Stage.PROFILED and self._planning and not self.planned and warmed:
             self._plan()
+        if self._guarding and self.guard.ready():
+            self._judge()
 
     def finish(self, steps_done: int) -> None:
         """Training ended: a captured step is still profiled (and planned); say so if none was."""
         if self._finished or not self._started:
             return
         self._finished = True
+        self.guard.end()
         self.advance(steps_done)
+        if self._guarding:
+            self._judge()  # on the plan steps there were
         if self.stage is Stage.WARMUP and self.is_main:
             log.warning(
                 f"training ended at step {steps_done}, before the profile (warmup_steps="
@@ -475,6 +510,52 @@ class Session:
         data = self._choose(graph).to_dict() if self.is_main else None
         self._apply(Plan.from_dict(self.broadcast(data)))
         self._publish(graph)
+        if not self.plan.sequential:  # a plan that runs units otherwise than plain PyTorch: time it
+            self._guarding, self._plan_settled = True, False
+            self.guard.restart_plan()
+
+    def _judge(self) -> None:
+        """Keep the plan if it measured at least as fast as temporal (within the tolerance), else drop it.
+
+        The main process's measurements decide, for every process.
+        """
+        assert self.plan is not None
+        self._guarding = False
+        verdict = self.guard.verdict() if self.is_main else None
+        data = self.broadcast(asdict(verdict) if verdict is not None else None)
+        if data is None:
+            if self.is_main:
+                log.warning(
+                    "the plan is not checked against temporal steps: none was timed before it (warmup_steps"
+                    f"={self.settings.warmup_steps}) or none after it; it stays"
+                )
+            return
+        verdict = Verdict(**data)
+        measured = replace(self.plan, measured_step_s=verdict.plan_s, measured_temporal_s=verdict.temporal_s)
+        predicted = f"predicted {measured.speedup:.2f}x, " if measured.speedup is not None else ""
+        if verdict.keep:
+            self.plan = measured.with_notes(f"guard: {predicted}{verdict.describe()}: plan kept")
+            if self.is_main:
+                log.info(f"the plan is kept: {predicted}{verdict.describe()}")
+        else:
+            reason = (
+                f"guard: {predicted}{verdict.describe()}, more than {self.guard.tolerance:.0%} slower than"
+                f" temporal: the {measured.method} plan is dropped for the temporal plan"
+            )
+            if self.is_main:
+                log.warning(reason)
+            graph = self.graph or ModuleGraph.from_dict(self.profile.graph or {})
+            temporal = replace(
+                temporal_plan(graph, device_name(self.device), notes=[*measured.notes, reason]),
+                micro_batches=1,
+                predicted_step_s=measured.predicted_temporal_s,
+                predicted_temporal_s=measured.predicted_temporal_s,
+                measured_step_s=verdict.temporal_s,
+                measured_temporal_s=verdict.temporal_s,
+            )
+            self._apply(temporal)
+        if self.graph is not None:
+            self._publish(self.graph)
 
     def _choose(self, graph: ModuleGraph) -> Plan:
         """The planner's plan for ``graph`` here, or the temporal plan with the reason in its notes."""

@@ -7,13 +7,14 @@ grid (``profiler.py``), saves the profile as JSON and fits a
 :class:`~lightning_mosaic.perfmodel.PerfModel`. Training numbers are unchanged: the replay restores
 RNG states, buffers and modes and never writes ``.grad``.
 
-It drives a :class:`~lightning_mosaic.session.Session`: under ``MosaicStrategy`` the strategy's,
-which the strategy started with this callback's settings and shares (:meth:`MosaicProfiler.share`);
-beside any other strategy one of its own that only profiles and fits. A profile file whose
-fingerprint (units, parameter shapes and dtypes) and device match is reused instead of measuring
-again; one that does not match is replaced, with a warning; an unreadable or corrupt one is an
-error naming the file. The profile also travels in checkpoints, so a resumed run does not profile
-again. Under DDP, global rank 0 profiles and broadcasts the result.
+It works through a :class:`~lightning_mosaic.session.Session`: under ``MosaicStrategy`` the
+strategy's, which the strategy started with this callback's settings, drives and shares
+(:meth:`MosaicProfiler.share`); beside any other strategy one of its own, which it drives and which
+only profiles and fits. A profile file whose fingerprint (units, parameter shapes and dtypes,
+precision) and device match is reused instead of measuring again; one that does not match is
+replaced, with a warning; an unreadable or corrupt one is an error naming the file. The profile
+also travels in checkpoints, so a resumed run does not profile again. Under DDP, global rank 0
+profiles and broadcasts the result.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class MosaicProfiler(Callback):
         )
         self.session: Session | None = None
         self.restored: dict[str, Any] | None = None  # the profile of a checkpoint, until the fit starts
+        self._driving = False  # the session is this callback's own (the strategy drives a shared one)
 
     @property
     def profile(self) -> Profile | None:
@@ -94,18 +96,20 @@ class MosaicProfiler(Callback):
         return self.session is not None and self.session.reused
 
     def share(self, session: Session) -> None:
-        """Drive ``session`` (``MosaicStrategy``'s, started with this callback's settings) in this fit."""
-        self.session, self.restored = session, None
+        """Report on ``session``: ``MosaicStrategy``'s, started with this callback's settings, which the
+        strategy drives."""
+        self.session, self.restored, self._driving = session, None, False
 
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.session = None  # a new run: the strategy may share its session before the fit starts
+            self.session, self._driving = None, False  # a new run: the strategy may share its session
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.session is not None:
             return  # shared by the strategy
+        self._driving = True
         strategy = trainer.strategy
         self.session = Session(
             pl_module,
@@ -127,23 +131,23 @@ class MosaicProfiler(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.session is not None:
+        if self._driving:
             self.session.before_step(trainer.global_step, batch)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.session is not None:
+        if self._driving:
             self.session.advance(trainer.global_step)  # profiles the step just captured
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.session is not None:
+        if self._driving:
             self.session.finish(trainer.global_step)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self.session is not None:
+        if self._driving:
             self.session.abort()
 
     def state_dict(self) -> dict[str, Any]:

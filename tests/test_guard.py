@@ -1,0 +1,145 @@
+"""The guard: step times by kind, the verdict against temporal, and a session that drops a slow plan."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from test_session import TwoTowers, batches
+
+from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.guard import OTHER, PLAN, TEMPORAL, Guard
+from lightning_mosaic.profile import MemorySample, ModuleInfo, Profile, Sample, fingerprint, precision_of
+from lightning_mosaic.selection import select_modules
+from lightning_mosaic.session import ProfileSettings, Session
+
+
+class FakeClock:
+    """Marks are whatever ``now`` is: the test moves time forward itself."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def mark(self) -> float:
+        return self.now
+
+    def seconds(self, a: float, b: float) -> float:
+        return b - a
+
+
+def timed(guard: Guard, clock: FakeClock, steps: list[tuple[str, float]]) -> None:
+    for kind, seconds in steps:
+        guard.start(kind)
+        clock.now += seconds
+        guard.end()
+        clock.now += 100.0  # between steps (planning, profiling): no step's time
+
+
+def test_the_verdict_compares_medians_within_the_tolerance():
+    clock = FakeClock()
+    guard = Guard(clock, steps=3)
+    timed(guard, clock, [(OTHER, 9.0), (TEMPORAL, 1.0), (TEMPORAL, 1.2), (TEMPORAL, 1.0), (OTHER, 5.0)])
+    assert not guard.ready() and guard.verdict() is None
+    timed(guard, clock, [(PLAN, 1.01), (PLAN, 0.9), (PLAN, 1.019)])
+    assert guard.ready()
+    verdict = guard.verdict()
+    assert verdict.plan_s == pytest.approx(1.01) and verdict.temporal_s == pytest.approx(1.0)
+    assert (verdict.plan_steps, verdict.temporal_steps) == (3, 3)
+    assert verdict.keep, "1% slower is within the 2% tolerance"
+    assert "measured step 1010.00 ms under the plan vs 1000.00 ms temporal (0.99x" in verdict.describe()
+    timed(guard, clock, [(PLAN, 1.03)] * 3)
+    assert not guard.verdict().keep, "the median is now 1.03 s: 3% slower"
+    guard.restart_plan()
+    assert guard.count(PLAN) == 0 and not guard.ready()
+    with pytest.raises(ValueError, match="steps=0 must be a whole number of steps, 1 or more"):
+        Guard(clock, steps=0)
+
+
+# ---------------------------------------------------------------- through a session
+
+
+def side_by_side_profile(units: dict, capacity: int) -> Profile:
+    """A profile on which the planner puts the two encoders side by side: neither gains from more than
+    one SM of ``capacity`` (an "sm" device that is this CPU), the head uses them all."""
+    samples, memory = [], []
+    for name in units:
+        for batch in (4, 8):
+            memory.append(MemorySample(name, batch, activation_bytes=1000 * batch))
+            for quota in range(1, capacity + 1):
+                for pass_ in ("forward", "backward"):
+                    seconds = 0.01 * batch if name != "head" else 0.004 * batch / quota
+                    samples.append(Sample(name, pass_, batch, quota, seconds, True, 3, 0.0, "", 1e-6))
+    graph = ModuleGraph.from_edges({"vision": [], "audio": [], "head": ["vision", "audio"]})
+    return Profile(
+        fingerprint=fingerprint(units, precision_of("32-true")),
+        device="cpu",
+        device_type="cpu",
+        quota_unit="sm",
+        capacity=capacity,
+        granularity=[1, 1],
+        torch_version=str(torch.__version__),
+        batch_size=8,
+        batch_fractions=[0.5, 1.0],
+        quotas=list(range(1, capacity + 1)),
+        modules=[ModuleInfo(n, 100, True, True, 8) for n in units],
+        samples=samples,
+        memory=memory,
+        graph=graph.to_dict(),
+    )
+
+
+@pytest.fixture
+def four_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield 4
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("plan_seconds", "kept"), [(0.5, True), (1.5, False)])
+def test_a_plan_slower_than_temporal_is_dropped(tmp_path, caplog, four_threads, plan_seconds, kept):
+    model = TwoTowers()
+    path = tmp_path / "profile.json"
+    side_by_side_profile(select_modules(model), four_threads).save(path)
+    clock = FakeClock()
+    session = Session(
+        model,
+        torch.device("cpu"),
+        backend="cpu",
+        settings=ProfileSettings(path=path, warmup_steps=3, progress=False),
+        clock=clock,
+        guard_steps=4,
+        out_dir=str(tmp_path),
+    )
+    session.start()
+    assert session.reused
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.INFO, logger="lightning_mosaic"):
+        for step, batch in enumerate(batches(10)):
+            session.before_step(step, batch)
+            with session.step():
+                loss = model(*batch).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            side_by_side = session.planned and not session.plan.sequential
+            clock.now += plan_seconds if side_by_side else 1.0  # step 0 (traced) is left out either way
+            session.advance(step + 1)
+            if step == 3:
+                assert session.plan.method == "heuristic", "planned after the 3 timed warmup steps"
+        session.finish(10)
+    plan = session.plan
+    # 3 warmup steps (the first traced), 1 step setting up the plan, then 4 timed plan steps: judged.
+    assert plan.measured_temporal_s == 1.0
+    if kept:
+        assert plan.method == "heuristic" and plan.measured_step_s == 0.5
+        assert "the plan is kept: predicted" in caplog.text and "(2.00x;" in caplog.text
+        assert session.engine.backend.name == "cpu"
+    else:
+        assert plan.sequential and plan.measured_step_s == 1.0, "back to temporal"
+        assert "more than 2% slower than temporal: the heuristic plan is dropped" in caplog.text
+        assert any("dropped for the temporal plan" in note for note in plan.notes)
+        assert session.engine.backend.name == "none", "units inline again"
+    saved = (tmp_path / "mosaic_plan.json").read_text()
+    assert '"measured_temporal_s": 1.0' in saved, "the plan file holds what the guard measured"
