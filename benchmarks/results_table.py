@@ -38,6 +38,7 @@ def rows(results: Path) -> list[dict]:
             not isinstance(data, dict)
             or data.get("benchmark") != "bench_train"
             or data.get("device") == "cpu"
+            or data.get("speedup_vs_temporal") is None  # a smoke run, or one round: no ratio
         ):
             continue
         data["_path"] = path.relative_to(results.parent.parent).as_posix()

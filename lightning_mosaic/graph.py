@@ -113,6 +113,22 @@ class ModuleGraph:
             out[depth[name]].append(name)
         return out
 
+    def critical_path(self, weights: Mapping[str, float]) -> list[str]:
+        """The chain of dependent units with the largest total weight (``weights``: e.g. each unit's
+        time alone), from a source to a sink: what no schedule can shorten by running units side by side."""
+        total: dict[str, float] = {}
+        before: dict[str, str | None] = {}
+        for name in self.topological_order():
+            best = max(self.inputs[name], key=lambda d: total[d], default=None)
+            total[name] = weights.get(name, 0.0) + (total[best] if best is not None else 0.0)
+            before[name] = best
+        path: list[str] = []
+        node = max(total, key=lambda n: total[n], default=None)
+        while node is not None:
+            path.append(node)
+            node = before[node]
+        return path[::-1]
+
     def topological_order(self) -> list[str]:
         """Units ordered so that every producer comes before its consumers (stable w.r.t. ``modules``)."""
         done: set[str] = set()

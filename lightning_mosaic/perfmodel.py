@@ -41,7 +41,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -50,6 +50,9 @@ from lightning_mosaic._files import write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
 from lightning_mosaic.profile import PASSES, Profile
 
+if TYPE_CHECKING:
+    from lightning_mosaic.graph import ModuleGraph
+
 FEATURES = ("constant", "batch", "1/quota", "batch/quota", "saturation")
 _FORMS = {  # feature columns of each form of curve, simplest first
     "inverse": (2, 3),  # time inversely proportional to the quota
@@ -57,6 +60,7 @@ _FORMS = {  # feature columns of each form of curve, simplest first
     "saturating": (0, 1, 2, 3, 4),
 }
 SCHEMA_VERSION = 1
+MAX_MAPE = 0.25  # a unit on the critical path predicted worse than this (held out) is not planned from
 TimeFn = Callable[[str, str, float, float], float]
 MemoryFn = Callable[[str, float], float]
 
@@ -405,6 +409,28 @@ def cross_val_predict(profile: Profile, folds: int = 5) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+def critical_units(model: CostModel, graph: ModuleGraph, batch_size: int) -> list[str]:
+    """``graph``'s critical path, each unit weighted by its time alone on the whole device."""
+    weights = {
+        m: sum(model.predict(m, p, batch_size, model.capacity) for p in PASSES) * model.calls.get(m, 1)
+        for m in graph.modules
+        if m in model.modules
+    }
+    return graph.critical_path(weights)
+
+
+def too_wrong(
+    model: PerfModel, graph: ModuleGraph, batch_size: int, limit: float = MAX_MAPE
+) -> dict[str, float]:
+    """The units on the critical path (:func:`critical_units`) whose held-out MAPE is above
+    ``limit``: a plan made from such a model is not to be trusted.
+
+    Empty when the model was fitted without held-out predictions (nothing to judge by).
+    """
+    scores = getattr(model, "held_out_mape_", None) or {}
+    return {m: scores[m] for m in critical_units(model, graph, batch_size) if scores.get(m, 0.0) > limit}
 
 
 def _mape_by_module(rows: list[dict[str, Any]], modules: Sequence[str]) -> dict[str, float]:

@@ -47,7 +47,7 @@ from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.guard import OTHER, PLAN, STEPS, TEMPORAL, Guard, Verdict
 from lightning_mosaic.microbatch import batch_size as default_batch_size
-from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.perfmodel import MAX_MAPE, PerfModel, too_wrong
 from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
 from lightning_mosaic.profile import Profile, fingerprint, precision_of
@@ -562,8 +562,15 @@ class Session:
         assert self.profile is not None
         here = device_name(self.device)
         chosen, reason = None, None
+        wrong = too_wrong(self.perf_model, graph, self.profile.batch_size) if self.perf_model else {}
         if self.perf_model is None:
             reason = "no performance model could be fitted to the profile (see the warning above)"
+        elif wrong:
+            listed = ", ".join(f"{m} {e:.0%}" for m, e in wrong.items())
+            reason = (
+                f"the performance model is too wrong to plan from: held-out MAPE {listed} on the critical"
+                f" path, above {MAX_MAPE:.0%} (a noisy profile? raise profile_seconds)"
+            )
         else:
             options: dict[str, Any] = {
                 "micro_batches": self.micro_batches,

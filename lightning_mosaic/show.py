@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lightning_mosaic.devices import unit_label
+from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.profile import Profile, ProfileError
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ def render(profile: Profile, model: PerfModel) -> str:
         passes = ("forward", "backward") if info.backward else ("forward",)
         for pass_ in passes:
             lines.append(f"{info.name} / {pass_}")
-            lines.append(f"  {unit:>7}  {'batch':>6}  {'measured':>11}  {'predicted':>11}  {'error':>7}")
+            lines.append(
+                f"  {unit:>7}  {'batch':>6}  {'measured':>11}  {'predicted':>11}  {'error':>7}  {'host':>11}"
+            )
             points = sorted(
                 profile.samples_of(info.name, pass_, feasible_only=False), key=lambda s: (s.quota, s.batch)
             )
@@ -36,15 +39,30 @@ def render(profile: Profile, model: PerfModel) -> str:
                     lines.append(f"  {s.quota:>7}  {s.batch:>6}  {'infeasible':>11}  ({s.error})")
                     continue
                 row = predicted[(info.name, pass_, s.batch, s.quota)]
+                host = _ms(s.host_seconds) if s.host_seconds is not None else f"{'-':>11}"
                 lines.append(
                     f"  {s.quota:>7}  {s.batch:>6}  {_ms(row['measured'])}  {_ms(row['predicted'])}"
-                    f"  {row['error']:>7.1%}"
+                    f"  {row['error']:>7.1%}  {host}"
                 )
             lines.append("")
+    from lightning_mosaic.perfmodel import MAX_MAPE, critical_units
+
     scores = model.held_out_mape_
+    critical = None  # without the module graph every unit may be on the critical path
+    if profile.graph is not None:
+        critical = set(critical_units(model, ModuleGraph.from_dict(profile.graph), profile.batch_size))
     lines.append("held-out MAPE per module (each point predicted by a model fitted without it):")
     width = max(len(name) for name in scores) if scores else 0
-    lines.extend(f"  {name:<{width}}  {value:.1%}" for name, value in scores.items())
+    for name, value in scores.items():
+        flag = ""
+        if value > MAX_MAPE:
+            flag = (
+                f"  <- above {MAX_MAPE:.0%} on the critical path: too wrong to plan from (temporal plans)"
+                if critical is None or name in critical
+                else f"  <- above {MAX_MAPE:.0%}, off the critical path"
+            )
+        lines.append(f"  {name:<{width}}  {value:.1%}{flag}")
+    lines.append("host: the time to issue the pass (the wall clock around it); measured: the device's time")
     return "\n".join(lines)
 
 

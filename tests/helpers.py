@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
+from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.profile import MemorySample, ModuleInfo, Profile, Sample, fingerprint, precision_of
 
 TINY = "tiny"
 
@@ -246,3 +249,52 @@ def train_recorded(
             if after_step is not None:
                 after_step()
     return engine
+
+
+# ---------------------------------------------------------------- timing and profiles made up for tests
+
+
+class FakeClock:
+    """Marks are whatever ``now`` is: the test moves time forward itself."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def mark(self) -> float:
+        return self.now
+
+    def seconds(self, a: float, b: float) -> float:
+        return b - a
+
+
+def side_by_side_profile(units: dict, capacity: int, noisy: str | None = None) -> Profile:
+    """A profile of ``vision``, ``audio`` -> ``head`` on which the planner puts the two encoders side by
+    side: neither gains from more than one SM of ``capacity`` (an "sm" device that is this CPU), the
+    head uses them all. The times of unit ``noisy`` jump around (a model cannot predict them)."""
+    samples, memory = [], []
+    for name in units:
+        for batch in (4, 8):
+            memory.append(MemorySample(name, batch, activation_bytes=1000 * batch))
+            for quota in range(1, capacity + 1):
+                for pass_ in ("forward", "backward"):
+                    seconds = 0.01 * batch if name != "head" else 0.004 * batch / quota
+                    if name == noisy:
+                        seconds *= random.Random(len(samples)).choice((0.2, 1.0, 5.0))
+                    samples.append(Sample(name, pass_, batch, quota, seconds, True, 3, 0.0, "", 1e-6))
+    graph = ModuleGraph.from_edges({"vision": [], "audio": [], "head": ["vision", "audio"]})
+    return Profile(
+        fingerprint=fingerprint(units, precision_of("32-true")),
+        device="cpu",
+        device_type="cpu",
+        quota_unit="sm",
+        capacity=capacity,
+        granularity=[1, 1],
+        torch_version=str(torch.__version__),
+        batch_size=8,
+        batch_fractions=[0.5, 1.0],
+        quotas=list(range(1, capacity + 1)),
+        modules=[ModuleInfo(n, 100, True, True, 8) for n in units],
+        samples=samples,
+        memory=memory,
+        graph=graph.to_dict(),
+    )

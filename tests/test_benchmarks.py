@@ -67,7 +67,10 @@ def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path, 
     assert result["config"]["model"] == model
     assert set(result["samples_per_s"]) == {"temporal", "naive", "mosaic"}
     assert all(v > 0 for v in result["samples_per_s"].values())
-    assert result["plan"]["micro_batches"] >= 1 and result["predicted_step_s"] > 0
+    assert result["plan"]["micro_batches"] >= 1
+    # On a CPU the tiny models' times are noisy: a model too wrong to plan from predicts nothing.
+    assert (result["measured_over_predicted"] is None) == (result["predicted_step_s"] is None)
+    assert result["smoke"] and result["speedup_vs_temporal"] is None and result["mosaic_over_naive"] is None
     assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "bench_train"
     assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in tmp_path.iterdir()}
 

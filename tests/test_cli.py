@@ -69,13 +69,36 @@ def test_show_prints_measured_vs_held_out_predictions_and_mape(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "profile of 2 modules on synthetic GPU (132 SMs)" in out
     assert "vision / forward" in out and "llm / backward" in out
-    assert "    SMs   batch     measured    predicted    error" in out
+    assert "    SMs   batch     measured    predicted    error         host" in out
     first = profile.samples[0]
     assert f"{first.quota:>7}  {first.batch:>6}  {'infeasible':>11}  (out of memory)" in out
-    rows = [line for line in out.splitlines() if line.strip().endswith("%") and " ms " in line]
+    rows = [line for line in out.splitlines() if "%  " in line and " ms " in line]
     assert len(rows) == len(profile.samples) - 1  # one row per feasible point
+    assert all(row.endswith("          -") for row in rows), "no host time in this profile"
     assert "held-out MAPE per module" in out
     assert "  vision  " in out.split("held-out MAPE per module")[1]
+
+
+def test_show_flags_a_unit_too_wrong_to_plan_from(tmp_path, capsys):
+    from test_perfmodel import synthetic_profile
+
+    from lightning_mosaic.graph import ModuleGraph
+
+    profile = synthetic_profile(0, batches=(8, 16, 32))
+    rng = __import__("random").Random(0)
+    for s in profile.samples:
+        if s.module == "llm":  # measurements all over the place
+            s.seconds *= rng.choice([0.2, 1.0, 5.0])
+        s.host_seconds = 1e-4
+    profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_dict()
+    path = tmp_path / "profile.json"
+    profile.save(path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    mape = out.split("held-out MAPE per module")[1]
+    assert "  llm " in mape and "<- above 25% on the critical path: too wrong to plan from" in mape
+    assert "vision" in mape and mape.count("<- above") == 1
+    assert "     0.100 ms" in out, "the host time of each point"
 
 
 def test_show_names_a_bad_file(tmp_path, capsys):

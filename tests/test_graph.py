@@ -83,3 +83,20 @@ def test_unknown_schema_version():
 def test_query_unknown_module():
     with pytest.raises(KeyError, match=r"unknown module 'text'"):
         diamond().consumers("text")
+
+
+def test_critical_path_is_the_heaviest_chain():
+    graph = diamond()  # vision, audio -> projector (also audio) -> llm
+    assert graph.critical_path({"vision": 5, "audio": 1, "projector": 1, "llm": 1}) == [
+        "vision",
+        "projector",
+        "llm",
+    ]
+    assert graph.critical_path({"vision": 1, "audio": 5, "projector": 1, "llm": 1}) == [
+        "audio",
+        "projector",
+        "llm",
+    ]
+    alone = ModuleGraph.from_edges({"a": [], "b": []})
+    assert alone.critical_path({"a": 1.0, "b": 2.0}) == ["b"]
+    assert ModuleGraph.from_edges({}).critical_path({}) == []

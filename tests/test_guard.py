@@ -6,26 +6,12 @@ import logging
 
 import pytest
 import torch
+from helpers import FakeClock, side_by_side_profile
 from test_session import TwoTowers, batches
 
-from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.guard import OTHER, PLAN, TEMPORAL, Guard
-from lightning_mosaic.profile import MemorySample, ModuleInfo, Profile, Sample, fingerprint, precision_of
 from lightning_mosaic.selection import select_modules
 from lightning_mosaic.session import ProfileSettings, Session
-
-
-class FakeClock:
-    """Marks are whatever ``now`` is: the test moves time forward itself."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def mark(self) -> float:
-        return self.now
-
-    def seconds(self, a: float, b: float) -> float:
-        return b - a
 
 
 def timed(guard: Guard, clock: FakeClock, steps: list[tuple[str, float]]) -> None:
@@ -57,44 +43,6 @@ def test_the_verdict_compares_medians_within_the_tolerance():
 
 
 # ---------------------------------------------------------------- through a session
-
-
-def side_by_side_profile(units: dict, capacity: int) -> Profile:
-    """A profile on which the planner puts the two encoders side by side: neither gains from more than
-    one SM of ``capacity`` (an "sm" device that is this CPU), the head uses them all."""
-    samples, memory = [], []
-    for name in units:
-        for batch in (4, 8):
-            memory.append(MemorySample(name, batch, activation_bytes=1000 * batch))
-            for quota in range(1, capacity + 1):
-                for pass_ in ("forward", "backward"):
-                    seconds = 0.01 * batch if name != "head" else 0.004 * batch / quota
-                    samples.append(Sample(name, pass_, batch, quota, seconds, True, 3, 0.0, "", 1e-6))
-    graph = ModuleGraph.from_edges({"vision": [], "audio": [], "head": ["vision", "audio"]})
-    return Profile(
-        fingerprint=fingerprint(units, precision_of("32-true")),
-        device="cpu",
-        device_type="cpu",
-        quota_unit="sm",
-        capacity=capacity,
-        granularity=[1, 1],
-        torch_version=str(torch.__version__),
-        batch_size=8,
-        batch_fractions=[0.5, 1.0],
-        quotas=list(range(1, capacity + 1)),
-        modules=[ModuleInfo(n, 100, True, True, 8) for n in units],
-        samples=samples,
-        memory=memory,
-        graph=graph.to_dict(),
-    )
-
-
-@pytest.fixture
-def four_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield 4
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(("plan_seconds", "kept"), [(0.5, True), (1.5, False)])

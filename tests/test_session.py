@@ -238,3 +238,27 @@ def test_bad_arguments(tmp_path):
     _, capped = make(tmp_path, model=model, micro_batches=2, plan="temporal")
     with pytest.raises(ValueError, match=r"2 micro-batches per step asked for, but TwoTowers sets"):
         capped.start()
+
+
+def test_a_model_too_wrong_on_the_critical_path_is_not_planned_from(tmp_path, caplog, four_threads):
+    from helpers import side_by_side_profile
+
+    from lightning_mosaic.selection import select_modules
+
+    results = {}
+    for noisy in (None, "vision", "head"):
+        model = TwoTowers()
+        path = tmp_path / f"{noisy}.json"
+        side_by_side_profile(select_modules(model), four_threads, noisy=noisy).save(path)
+        _, session = make(tmp_path, model=model)
+        session.settings = ProfileSettings(path=path, warmup_steps=1, progress=False)
+        session.start()
+        with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+            train(model, session, steps=3)
+        results[noisy] = session.plan
+    assert results[None].method == "heuristic", "a faithful model: the encoders side by side"
+    assert results["vision"].method == "heuristic", "vision is off the critical path (head is longer)"
+    assert results["head"].sequential
+    note = results["head"].notes[0]
+    assert note.startswith("the performance model is too wrong to plan from: held-out MAPE head ")
+    assert "on the critical path, above 25%" in note and "too wrong to plan from" in caplog.text

@@ -26,7 +26,7 @@ import lightning_mosaic
 from lightning_mosaic import MosaicStrategy, planner
 from lightning_mosaic.demo import DemoMultimodalModel
 from lightning_mosaic.devices import DeviceSpec
-from lightning_mosaic.perfmodel import PerfModel
+from lightning_mosaic.perfmodel import PerfModel, too_wrong
 from lightning_mosaic.session import Stage
 
 # ---------------------------------------------------------------- registration and construction
@@ -553,14 +553,14 @@ def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
     session = strategy.session
     assert strategy.planned and session.profile is not None and not session.reused
     plan = strategy.plan
-    # Exactly what the planner makes of the profile this run measured, on this device.
-    expected = planner.plan(
-        session.graph,
-        PerfModel().fit(session.profile),
-        DeviceSpec.from_current("cpu"),
-        session.profile.batch_size,
-    )
-    assert plan == expected and plan.predicted_step_s is not None
+    # Exactly what the planner makes of the profile this run measured, on this device, unless the
+    # model fitted to it is too wrong on the critical path (tiny CPU timings can be that noisy).
+    model, device = PerfModel(held_out=True).fit(session.profile), DeviceSpec.from_current("cpu")
+    if too_wrong(model, session.graph, session.profile.batch_size):
+        assert plan.sequential and plan.notes[0].startswith("the performance model is too wrong")
+    else:
+        expected = planner.plan(session.graph, model, device, session.profile.batch_size)
+        assert plan == expected and plan.predicted_step_s is not None
     assert set(plan.modules) == set(strategy.units)
     directory = Path(t.log_dir)
     assert Plan.load(directory / "mosaic_plan.json") == plan
