@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one run, sized for under 7 minutes on one H100/H200.
-# Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the
+# Every GPU check of the project. On a lent GPU run the proof first of all, alone:
+#   bash benchmarks/gpu_check.sh proof
+# (about 5 minutes, never more than 7: benchmarks/proof.py keeps a 390 s budget; every result in ONE
+# file, $OUT/proof.json, its log in $OUT/proof.log).
+# Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the proof (vlm, avlm
+# and bind at edge size in bf16-mixed, two batch sizes: temporal vs naive streams vs mosaic), the
 # performance-model accuracy on a GPU profile of the demo model (and the profile itself), a plan
 # and its timeline from a quick GPU profile, the
 # engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked
@@ -10,14 +14,14 @@
 # Every section together takes more than 7 minutes; pick sections to stay within a budget:
 #   bash benchmarks/gpu_check.sh                      # every section
 #   bash benchmarks/gpu_check.sh tests overhead train # only these sections (about 6 minutes)
-# Sections: environment accuracy plan engine tests overhead train zoo racecheck (environment always runs).
+# Sections: environment proof accuracy plan engine tests overhead train zoo racecheck (environment always runs).
 # After committing a results folder under benchmarks/results/, run python benchmarks/results_table.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SECTIONS=${*:-accuracy plan engine tests overhead train zoo racecheck}
+SECTIONS=${*:-proof accuracy plan engine tests overhead train zoo racecheck}
 wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 status=0
 
@@ -37,6 +41,13 @@ if gc is not None and hasattr(gc, "GreenContext"):
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info, indent=2))
 PY
+
+# The proof: MosaicStrategy() profiles, plans and guards each zoo model as a user's run would, then
+# temporal / naive streams / mosaic train interleaved; one JSON with everything (see proof.py).
+if wanted proof; then
+    timeout 420 python benchmarks/proof.py --out "$OUT/proof.json" > "$OUT/proof.log" 2>&1 || status=1
+    tail -n 12 "$OUT/proof.log"
+fi
 
 if wanted accuracy; then
     timeout 130 python benchmarks/perfmodel_accuracy.py --accelerator gpu --size base --batch-size 16 \

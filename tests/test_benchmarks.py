@@ -60,6 +60,33 @@ def test_import_time_benchmark_writes_json(tmp_path):
     assert results["import lightning"]["of_import_lightning"] == 1.0
 
 
+def test_the_proof_writes_one_file_with_every_result(tmp_path):
+    main = runpy.run_path(str(BENCHMARKS / "proof.py"))["main"]
+    out = tmp_path / "proof.json"
+    args = ["--accelerator", "cpu", "--size", "tiny", "--models", "vlm", "--batch-sizes", "4"]
+    args += [
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--profile-warmup",
+        "1",
+        "--profile-seconds",
+        "5",
+    ]
+    document = main([*args, "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(document))
+    (result,) = document["results"]
+    assert result["config"]["model"] == "vlm" and result["config"]["precision"] == "bf16-mixed"
+    assert set(result["host_vs_device"]) == set(result["profile"]["fingerprint"]["modules"])
+    assert all(t["host_s"] > 0 for passes in result["host_vs_device"].values() for t in passes.values())
+    assert document["goals"] == {"measured": False}, "one round: no ratio, so no goal is judged"
+    skipped = main([*args, "--budget-seconds", "1", "--out", str(out)])
+    assert skipped["results"][0]["skipped"].startswith("budget: ")
+
+
 @pytest.mark.parametrize("model", ["demo", "avlm"])
 def test_bench_train_smoke_profiles_plans_and_compares_three_variants(tmp_path, model):
     main = runpy.run_path(str(BENCHMARKS / "bench_train.py"))["main"]
