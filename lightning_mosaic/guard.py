@@ -68,6 +68,10 @@ class Guard:
         """Finished steps of ``kind``."""
         return sum(1 for k, _, _ in self._steps if k == kind)
 
+    def clear(self) -> None:
+        """Forget every step (the marks of a long run are not kept)."""
+        self._open, self._steps = None, []
+
     def restart_plan(self) -> None:
         """A new plan applies: the plan steps timed so far were of another one."""
         self._steps = [s if s[0] != PLAN else (OTHER, s[1], s[2]) for s in self._steps]

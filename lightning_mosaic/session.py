@@ -324,10 +324,11 @@ class Session:
         """
         if not self.units:
             return
-        timed = self.engine is not None  # only a session that applies plans has one to judge
-        if timed:
+        if self.engine is not None:
             self.guard.end()
         self._settle(steps_done)
+        # Timed while a plan from a profile is pending (temporal steps) or being judged (plan steps).
+        timed = self.engine is not None and (self._guarding or (self._planning and not self.planned))
         captured = self.stage is Stage.WARMUP and steps_done >= self.settings.warmup_steps
         if captured:
             # Under a plan with micro-batches the units see the first (largest) micro-batch.
@@ -522,6 +523,7 @@ class Session:
         assert self.plan is not None
         self._guarding = False
         verdict = self.guard.verdict() if self.is_main else None
+        self.guard.clear()  # nothing more to time in this run
         data = self.broadcast(asdict(verdict) if verdict is not None else None)
         if data is None:
             if self.is_main:

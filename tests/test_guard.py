@@ -89,5 +89,6 @@ def test_a_plan_slower_than_temporal_is_dropped(tmp_path, caplog, four_threads, 
         assert "more than 2% slower than temporal: the heuristic plan is dropped" in caplog.text
         assert any("dropped for the temporal plan" in note for note in plan.notes)
         assert session.engine.backend.name == "none", "units inline again"
+    assert all(session.guard.count(kind) == 0 for kind in (TEMPORAL, PLAN, OTHER)), "no marks kept"
     saved = (tmp_path / "mosaic_plan.json").read_text()
     assert '"measured_temporal_s": 1.0' in saved, "the plan file holds what the guard measured"

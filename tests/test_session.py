@@ -200,6 +200,7 @@ def test_a_concurrent_session_is_race_free_and_its_encoders_overlap(tmp_path):
     session.start()
     with backend.recording():
         train(model, session, steps=2)
+    assert session.guard.count("other") == 0, "a plan given by hand is not timed"
     assert session.planned and session.plan.method == "recording backend"
     assert [p.modules for p in session.plan.phases] == [["vision", "audio"], ["head"]]
     log = backend.log
