@@ -69,6 +69,56 @@ class ModuleGraph:
         return [name for name, deps in self.inputs.items() if not deps]
 
     @property
+    def called(self) -> list[str]:
+        """Units that ran in the traced step(s), in execution order (all of them when the graph has no
+        call counts, e.g. written by hand). The others (used only in validation, or whose submodules
+        the model calls directly) cost nothing in a training step."""
+        return [name for name in self.inputs if self.calls.get(name, 1) > 0]
+
+    def subgraph(self, names: Iterable[str]) -> ModuleGraph:
+        """The units ``names`` and the edges between them."""
+        keep = set(names)
+        unknown = sorted(keep - set(self.inputs))
+        if unknown:
+            raise ValueError(f"subgraph names unknown modules {unknown}; known modules: {list(self.inputs)}")
+        return ModuleGraph(
+            inputs={n: [d for d in deps if d in keep] for n, deps in self.inputs.items() if n in keep},
+            frozen=[n for n in self.frozen if n in keep],
+            calls={n: c for n, c in self.calls.items() if n in keep},
+            parameters={n: c for n, c in self.parameters.items() if n in keep},
+        )
+
+    def union(self, other: ModuleGraph) -> ModuleGraph:
+        """The graph of steps that ran either graph's units (mixed-modality batches): every edge of
+        both, a unit's calls the most of either, units ordered so that producers come first."""
+        inputs = {n: list(deps) for n, deps in self.inputs.items()}
+        for name, deps in other.inputs.items():
+            inputs[name] = list(dict.fromkeys([*inputs.get(name, []), *deps]))
+        merged = ModuleGraph(inputs=inputs)  # raises if the two steps disagree into a cycle
+        order = merged.topological_order()
+        calls = {
+            n: max(self.calls.get(n, 0), other.calls.get(n, 0))
+            for n in order
+            if n in self.calls or n in other.calls
+        }
+        frozen = [n for n in order if n in (other.frozen if n in other.inputs else self.frozen)]
+        return ModuleGraph(
+            inputs={n: inputs[n] for n in order},
+            frozen=frozen,
+            calls=calls,
+            parameters={**self.parameters, **other.parameters},
+        )
+
+    @property
+    def frozen_sources(self) -> list[str]:
+        """Sources without trainable parameters, in execution order: the units a plan may compute one
+        step ahead (``Plan.lookahead``), since their output for the next batch does not depend on this
+        step's update. Decided by the modules' ``requires_grad`` (``frozen``), never by whether the
+        traced step happened to run a backward pass through them (a trainable encoder called under
+        ``torch.no_grad`` has none, yet its weights change every step)."""
+        return [name for name in self.inputs if not self.inputs[name] and name in self.frozen]
+
+    @property
     def sinks(self) -> list[str]:
         """Units whose output no other unit consumes."""
         consumed = {dep for deps in self.inputs.values() for dep in deps}

@@ -59,9 +59,9 @@ def plan(
     split where there are at most ``exact_limit`` of them, and beyond that searches locally from
     four starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every split (the
     reference; small instances only). The predicted activations must fit
-    ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (no backward pass, inputs from the
-    batch only) may also run one step ahead (``Plan.lookahead``; whole batches only): that variant
-    is searched too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
+    ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (``graph.frozen_sources``)
+    may also run one step ahead (``Plan.lookahead``; whole batches only): that variant is searched
+    too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
     When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the temporal plan
     is returned (with its predictions).
     """
@@ -73,15 +73,30 @@ def plan(
             f"the performance model covers {perf_model.capacity} SMs but {device.name} has {device.sm_count};"
             " plan for the device the model was fitted on, or wrap the model for a what-if"
         )
+    idle = [m for m in graph.modules if m not in graph.called]
+    if idle and not graph.called:
+        return temporal_plan(graph, device.name, notes=["no unit ran in the traced step: temporal plan"])
+    if idle:  # run as plain code whenever they are called (validation): alone, after the others
+        found = plan(
+            graph.subgraph(graph.called),
+            perf_model,
+            device,
+            batch_size,
+            method=method,
+            micro_batches=micro_batches,
+            max_micro_batches=max_micro_batches,
+            allow_lookahead=allow_lookahead,
+            exact_limit=exact_limit,
+        )
+        return replace(found, phases=(*found.phases, *(Phase({m: None}) for m in idle))).with_notes(
+            f"not called in the traced step, so alone on the whole device: {', '.join(idle)}"
+        )
     counts = _micro_batch_counts(batch_size, micro_batches, max_micro_batches)
     budget = MEMORY_HEADROOM * device.memory_bytes
     counts = _fitting(graph, perf_model, device, batch_size, counts, budget)
     levels = graph.levels()
     evaluate = _Evaluator(graph, perf_model, device, batch_size, budget)
-    # Frozen sources (no backward, inputs from the batch only) may run one step ahead, whole batches only.
-    frozen = tuple(
-        m for m in graph.topological_order() if not graph.inputs[m] and not perf_model.backward.get(m, True)
-    )
+    frozen = tuple(graph.frozen_sources)
     variants = [(k, ()) for k in counts]
     if allow_lookahead and frozen and 1 in counts:
         variants.append((1, frozen))

@@ -79,15 +79,19 @@ class Captured:
 class InputCapture:
     """While active, records each unit's first call of the step (and counts its calls).
 
-    Use as a context manager around one step, or :meth:`start` / :meth:`stop` from two callbacks.
-    Its hooks run after any hook registered earlier (the engine's), so inputs are seen as the unit
-    sees them.
+    Use as a context manager around one step, or :meth:`start` / :meth:`stop` from two callbacks;
+    started again for a later step (units that did not run in the first), it keeps what it has.
+    A unit's first call that ran without grad (a gradient cache's no-grad pass over the batch) is
+    replaced by its first call with grad, when there is one: that is the call with a backward pass
+    to time. ``calls`` holds each unit's calls in the step that called it most. The hooks run after
+    any hook registered earlier (the engine's), so inputs are seen as the unit sees them.
     """
 
     def __init__(self, units: Mapping[str, nn.Module]) -> None:
         self.units = dict(units)
         self.captured: dict[str, Captured] = {}
         self.calls: Counter[str] = Counter()
+        self._step_calls: Counter[str] = Counter()
         self._handles: list[RemovableHandle] = []
 
     def start(self) -> None:
@@ -99,6 +103,9 @@ class InputCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for name, count in self._step_calls.items():
+            self.calls[name] = max(self.calls[name], count)
+        self._step_calls.clear()
 
     def __enter__(self) -> InputCapture:
         self.start()
@@ -109,8 +116,9 @@ class InputCapture:
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self.calls[name] += 1
-            if name in self.captured:
+            self._step_calls[name] += 1
+            known = self.captured.get(name)
+            if known is not None and (known.grad_enabled or not torch.is_grad_enabled()):
                 return
             device_type = _device_of(module, (args, kwargs)).type
             autocast = None
@@ -247,7 +255,7 @@ class _Replay:
     def __init__(self, name: str, module: nn.Module, call: Captured, batch_size: int) -> None:
         self.name, self.module, self.call = name, module, call
         self.batch_size = batch_size
-        self.rows = _batch_rows(call, batch_size)
+        self.rows, self.dims = _batch_dims(call, batch_size)
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.backward = call.grad_enabled and (
             bool(self.params) or any(t.requires_grad for t in iter_tensors((call.args, call.kwargs)))
@@ -269,11 +277,13 @@ class _Replay:
         """Arguments for ``batch`` samples and the input tensors to differentiate."""
         if batch not in self._inputs:
             n = self.rows if self.rows is None else max(1, round(batch / self.batch_size * self.rows))
+            dims = iter(self.dims)
 
             def cut(t: torch.Tensor) -> torch.Tensor:
-                if n is None or t.dim() == 0 or t.shape[0] != self.rows:
+                dim = next(dims)
+                if n is None or dim is None:
                     return t
-                out = t[:n].detach()
+                out = t.narrow(dim, 0, n).detach()
                 return out.requires_grad_(True) if t.requires_grad else out
 
             args, kwargs = map_tensors(cut, (self.call.args, self.call.kwargs))
@@ -362,15 +372,25 @@ class _Replay:
         return MemorySample(self.name, batch, activation_bytes=sum(saved.values()), peak_bytes=peak)
 
 
-def _batch_rows(call: Captured, batch_size: int) -> int | None:
-    """Rows of the batch dimension in a call's inputs: ``batch_size`` if a tensor has that many, else
-    the first dimension all its tensors share; None when neither (the inputs cannot be sliced)."""
-    firsts = [t.shape[0] for t in iter_tensors((call.args, call.kwargs)) if t.dim() > 0]
-    if batch_size in firsts:
-        return batch_size
-    if firsts and all(n == firsts[0] for n in firsts):
-        return firsts[0]
-    return None
+def _batch_dims(call: Captured, batch_size: int) -> tuple[int | None, list[int | None]]:
+    """The rows of a call's batch dimension and, for each input tensor, which dimension holds them.
+
+    When some tensor has a dimension of ``batch_size``, that is the batch: each tensor's first
+    dimension of that size (dimension 1 of a sequence-first ``(L, N, D)`` input), and tensors
+    without one (an ``(L, L)`` attention mask) are kept whole. Otherwise, when every tensor's
+    first dimension is the same and divides, or is a multiple of, ``batch_size``, that is the batch
+    (a chunk of it, or flattened tokens). Otherwise rows is None: the inputs are not sliced and the
+    unit is profiled at the full batch only. A guess that fails to replay is left out of the profile.
+    """
+    tensors = list(iter_tensors((call.args, call.kwargs)))
+    if any(batch_size in t.shape for t in tensors):
+        return batch_size, [
+            list(t.shape).index(batch_size) if batch_size in t.shape else None for t in tensors
+        ]
+    firsts = {t.shape[0] for t in tensors if t.dim() > 0}
+    if len(firsts) == 1 and ((n := firsts.pop()) % batch_size == 0 or batch_size % n == 0):
+        return n, [0 if t.dim() > 0 else None for t in tensors]
+    return None, [None] * len(tensors)
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -457,6 +477,8 @@ def profile_units(
     memory: list[MemorySample] = []
     infeasible: set[tuple[str, int]] = set()
     probed: set[tuple[str, int]] = set()  # (unit, batch) whose memory run is done
+    failed: dict[str, str] = {}  # unit -> why it cannot be replayed alone (not profiled)
+    skipped: set[tuple[str, int]] = set()  # (unit, batch) whose sliced inputs fail to replay
     deadline = started + max_seconds
     done = 0
     bar = _progress(len(points), progress)
@@ -464,22 +486,39 @@ def profile_units(
         for q, b, name in points:
             if done >= len(names) and time.perf_counter() > deadline:
                 break
-            replay = replays[name]
-            bar.set_postfix_str(f"{name} batch {b} quota {q}")
-            if (name, b) not in probed:
-                probed.add((name, b))
-                memory.append(_measure_memory(replay, b))
-                if not memory[-1].feasible:
-                    infeasible.add((name, b))
-            if (name, b) in infeasible:
-                samples.extend(_infeasible(replay, b, q, "out of memory at this batch"))
-            else:
-                samples.extend(
-                    _measure_point(replay, b, q, runner, clock, warmup, repeats, deadline, len(points) - done)
-                )
             done += 1
             bar.update(1)
+            if name in failed or (name, b) in skipped:
+                continue
+            replay = replays[name]
+            bar.set_postfix_str(f"{name} batch {b} quota {q}")
+            try:
+                if (name, b) not in probed:
+                    probed.add((name, b))
+                    memory.append(_measure_memory(replay, b))
+                    if not memory[-1].feasible:
+                        infeasible.add((name, b))
+                if (name, b) in infeasible:
+                    samples.extend(_infeasible(replay, b, q, "out of memory at this batch"))
+                else:
+                    samples.extend(
+                        _measure_point(
+                            replay, b, q, runner, clock, warmup, repeats, deadline, len(points) - done + 1
+                        )
+                    )
+            except ReplayError as err:
+                why = _failure(name, b, q, batch_size, runner.capacity, err, failed, skipped)
+                log.warning(why)
+                notes.append(why)
     bar.close()
+    if failed:  # nothing of theirs is kept: no model is fitted to them
+        samples = [s for s in samples if s.module not in failed]
+        memory = [m for m in memory if m.module not in failed]
+        names = [n for n in names if n not in failed]
+        if not names:
+            raise ReplayError(f"no unit could be replayed alone: {failed}")
+    samples = [s for s in samples if (s.module, s.batch) not in skipped]
+    memory = [m for m in memory if (m.module, m.batch) not in skipped]
     complete = done == len(points)
     if not complete:
         log.warning(
@@ -512,6 +551,33 @@ def profile_units(
     )
 
 
+class ReplayError(RuntimeError):
+    """A unit's captured call failed to run alone (not for lack of memory)."""
+
+
+def _failure(
+    name: str,
+    batch: int,
+    quota: int,
+    full: int,
+    capacity: int,
+    err: ReplayError,
+    failed: dict[str, str],
+    skipped: set[tuple[str, int]],
+) -> str:
+    """Record a failed replay (the unit, the batch or the point is left out) and say what was left out."""
+    if batch == full and quota == capacity:
+        failed[name] = str(err)
+        return f"{err}; {name} is not profiled (it trains as usual, under the temporal plan)"
+    if batch != full:
+        skipped.add((name, batch))
+        return (
+            f"{err}; {name} is profiled without batch {batch} (its inputs sliced to {batch} of {full} samples"
+            " do not replay: a batch dimension guessed wrong?)"
+        )
+    return f"{err}; that point is skipped"
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r} must be a whole number, at least 1")
@@ -522,7 +588,9 @@ def _measure_memory(replay: _Replay, batch: int) -> MemorySample:
         return replay.memory(batch)
     except Exception as err:
         if not _is_oom(err):
-            raise RuntimeError(f"replaying module {replay.name!r} at batch {batch} failed: {err}") from err
+            raise ReplayError(
+                f"replaying module {replay.name!r} alone at batch {batch} failed: {_first_line(err)}"
+            ) from err
         _free()
         return MemorySample(replay.name, batch, activation_bytes=None, peak_bytes=None, feasible=False)
 
@@ -549,8 +617,9 @@ def _measure_point(
         runs = runner.run(quota, lambda: replay.run(batch, clock, n))
     except Exception as err:
         if not _is_oom(err):
-            raise RuntimeError(
-                f"replaying module {replay.name!r} at batch {batch}, quota {quota} failed: {err}"
+            raise ReplayError(
+                f"replaying module {replay.name!r} alone at batch {batch}, quota {quota} failed:"
+                f" {_first_line(err)}"
             ) from err
         _free()
         return _infeasible(replay, batch, quota, str(err).splitlines()[0][:200])
@@ -566,6 +635,11 @@ def _measure_point(
             Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host)
         )
     return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
 def _infeasible(replay: _Replay, batch: int, quota: int, error: str) -> list[Sample]:

@@ -9,7 +9,7 @@ projector, the LLM backbone. Units are named by their dotted path in the model, 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from torch import nn
 
@@ -62,6 +62,38 @@ def check_names(names: Sequence[str] | None) -> list[str] | None:
             raise ValueError(f"module {name!r} is listed twice in `modules`: {names}")
         seen.add(name)
     return names
+
+
+def called_units(units: Mapping[str, nn.Module], ran: Collection[int]) -> dict[str, nn.Module]:
+    """``units`` with each one whose ``forward`` never ran (``ran``: ids of the modules whose forward
+    did) but whose parts did replaced by those parts: its outermost descendants that own parameters
+    and ran, found through containers such as ``nn.ModuleList``. A model that calls
+    ``self.transformer.blocks[i]`` itself gets the blocks as units, not the transformer. A unit none of
+    whose parts ran either (used only in validation) stays as it is."""
+    out: dict[str, nn.Module] = {}
+    for name, module in units.items():
+        if id(module) in ran or not _any_ran(module, ran):
+            out[name] = module
+        else:
+            out.update(_parts_that_ran(name, module, ran))
+    return out
+
+
+def _any_ran(module: nn.Module, ran: Collection[int]) -> bool:
+    return any(id(m) in ran for m in module.modules())
+
+
+def _parts_that_ran(prefix: str, module: nn.Module, ran: Collection[int]) -> dict[str, nn.Module]:
+    out: dict[str, nn.Module] = {}
+    for child_name, child in module.named_children():
+        if not owns_parameters(child) or not _any_ran(child, ran):
+            continue
+        name = f"{prefix}.{child_name}"
+        if id(child) in ran:
+            out[name] = child
+        else:
+            out.update(_parts_that_ran(name, child, ran))
+    return out
 
 
 def select_modules(root: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:

@@ -52,7 +52,7 @@ from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
 from lightning_mosaic.profile import Profile, fingerprint, precision_of
 from lightning_mosaic.profiler import DEFAULT_FRACTIONS, InputCapture, profile_units
-from lightning_mosaic.selection import check_names, select_modules
+from lightning_mosaic.selection import called_units, check_names, select_modules
 from lightning_mosaic.tracing import Tracer
 
 log = get_logger(__name__)
@@ -62,6 +62,8 @@ PROFILE_FILE = "mosaic_profile.json"
 PLAN_FILE = "mosaic_plan.json"
 TIMELINE_FILE = "mosaic_plan.png"
 CAP = "mosaic_max_micro_batches"
+MAX_CAPTURE_STEPS = 8  # training steps recorded at most, waiting for every unit of the graph to run
+MAX_RETRACES = 8  # training steps traced at most after the first, for units not seen before
 STATE_VERSION = 1
 
 
@@ -202,7 +204,10 @@ class Session:
     ) -> None:
         self.model_name = type(model).__name__
         self.device = torch.device(device)
-        self.units = select_modules(model, check_names(modules))
+        self.selection = select_modules(model, check_names(modules))  # as selected, before any step
+        self.units = dict(self.selection)
+        self._root = model
+        self._auto_units = modules is None
         self.plan_source = check_plan_source(plan, bool(quotas))
         self.backend = check_backend(backend)
         self.quotas = check_quotas(quotas)
@@ -238,6 +243,11 @@ class Session:
         self._batch_size = 0
         self._announced: Plan | None = None
         self._first_step = True  # of the run: traced, so not timed
+        self._refined = False  # the automatic selection was checked against the forwards that ran
+        self._retrace: set[str] = set()  # units a step called that the graph has not seen
+        self._retraces = 0
+        self._capture_open = False  # this training step's inputs are being recorded
+        self._capture_steps = 0
         self._guarding = False  # a plan made from a profile awaits the guard's verdict
         self._plan_settled = False  # the first step under that plan is over
 
@@ -257,12 +267,13 @@ class Session:
             return
         restored, self._restored = self._restored, None
         if isinstance(self.plan_source, Plan) and not self.planned:
+            self._adopt(self.plan_source.modules)  # a plan made for the parts of automatic units
             self._set_plan(self.plan_source)
         elif restored and restored.get("plan") is not None and self.plan_source == "auto":
             self._restore_plan(Plan.from_dict(restored["plan"]))  # a plan given by hand wins
         if self.planned and self.plan is not None:
             self.plan.check_units(list(self.units))
-            self._set_plan(self.plan)
+            self._set_plan(self._checked_lookahead(self.plan, given=isinstance(self.plan_source, Plan)))
         self._check_cap()
         self._planning = (
             self.engine is not None
@@ -299,9 +310,13 @@ class Session:
         if not self.units:
             yield
             return
-        trace = self.graph is None and self._tracer is None and (train or not self.fitting)
-        tracer = Tracer(self.units) if trace else None
-        with self.engine.step() if self.engine is not None else nullcontext():
+        wanted = self.graph is None or bool(self._retrace)
+        trace = wanted and self._tracer is None and (train or not self.fitting)
+        tracer = Tracer(self.units, record_calls=self._may_refine()) if trace else None
+        engine = self.engine
+        before = dict(engine.calls) if engine is not None and train else None
+        traced = None
+        with engine.step() if engine is not None else nullcontext():
             if tracer is not None:
                 tracer.__enter__()
             try:
@@ -310,9 +325,16 @@ class Session:
                 if tracer is not None:
                     tracer.__exit__(None, None, None)
                 if train:
-                    self._end_capture()
+                    traced = self._end_capture()
+        ran = None
+        if before is not None and engine is not None:
+            ran = {u for u, n in engine.calls.items() if n > before.get(u, 0)}
+        if traced is not None:
+            self._traced(*traced)
         if tracer is not None:
-            self._traced(tracer.graph())
+            self._traced(tracer.graph(), tracer.ran)
+        if ran is not None:
+            self._saw(ran)
 
     def before_step(self, steps_done: int, batch: Any) -> None:
         """A training step on ``batch`` starts after ``steps_done`` optimizer steps.
@@ -329,22 +351,24 @@ class Session:
         self._settle(steps_done)
         # Timed while a plan from a profile is pending (temporal steps) or being judged (plan steps).
         timed = self.engine is not None and (self._guarding or (self._planning and not self.planned))
-        captured = self.stage is Stage.WARMUP and steps_done >= self.settings.warmup_steps
-        if captured:
+        if self.stage is Stage.WARMUP and steps_done >= self.settings.warmup_steps:
             # Under a plan with micro-batches the units see the first (largest) micro-batch.
             self._batch_size = -(-self.batch_size_of(batch) // self.micro_batches_now)
-            self._capture = InputCapture(self.units)
-            self._capture.start()
+            self._capture, self._capture_steps = InputCapture(self.units), 0
             if self.graph is None and self._tracer is None:
-                self._tracer = Tracer(self.units).__enter__()
+                self._tracer = Tracer(self.units, record_calls=self._may_refine()).__enter__()
             self.stage = Stage.CAPTURING
+        captured = self.stage is Stage.CAPTURING and self._capture is not None
+        if captured and not self._capture_open:
+            self._capture.start()  # again, when the units of the steps before were not all seen
+            self._capture_open = True
         if timed:
             self.guard.start(self._step_kind(captured))
 
     def _step_kind(self, captured: bool) -> str:
         """What the guard counts the step about to start as (see ``guard.py``)."""
         first, self._first_step = self._first_step, False
-        if first or captured:
+        if first or captured or self._retrace:
             return OTHER  # traced, or recording its inputs
         if self._guarding:
             settled, self._plan_settled = self._plan_settled, True
@@ -354,7 +378,9 @@ class Session:
     def advance(self, steps_done: int | None = None) -> None:
         """A step is over: end its capture, profile it, fit, plan from a profile at hand, apply the plan."""
         if self.stage is Stage.CAPTURING:
-            self._end_capture()
+            traced = self._end_capture()
+            if traced is not None:
+                self._traced(*traced)
         self._settle(steps_done)
 
     def _settle(self, steps_done: int | None) -> None:
@@ -364,7 +390,8 @@ class Session:
             self._measure()
         warmed = self.steps >= self.settings.warmup_steps  # a reused profile waits for the warmup's times
         if self.stage is Stage.PROFILED and self._planning and not self.planned and warmed:
-            self._plan()
+            if self.broadcast(not self._retrace if self.is_main else None):  # the main process's graph
+                self._plan()
         if self._guarding and self.guard.ready():
             self._judge()
 
@@ -388,6 +415,7 @@ class Session:
         if self._capture is not None:
             self._capture.stop()
             self._capture = None
+        self._capture_open = False
         if self._tracer is not None:
             self._tracer.__exit__(None, None, None)
             self._tracer = None
@@ -428,6 +456,7 @@ class Session:
             self._restore_plan(Plan.from_dict(state["plan"]))
             if self.planned:
                 self.plan.check_units(list(self.units))
+                self._set_plan(self._checked_lookahead(self.plan))
                 self._planning = False
                 if not self.profile_requested:
                     self.abort()
@@ -441,15 +470,28 @@ class Session:
 
     # ------------------------------------------------------------------ the loop
 
-    def _end_capture(self) -> None:
+    def _end_capture(self) -> tuple[ModuleGraph, set[int]] | None:
+        """The captured step is over: stop recording (for good once every unit the graph knows was
+        seen, or after ``MAX_CAPTURE_STEPS``; the main process decides). Returns the graph traced
+        with the capture, if it was, for :meth:`_traced` (called by the caller, outside the step)."""
+        traced = None
         if self._tracer is not None:
             self._tracer.__exit__(None, None, None)
             tracer, self._tracer = self._tracer, None
-            self._traced(tracer.graph())
-        if self._capture is not None:
+            traced = (tracer.graph(), tracer.ran)
+        if self._capture is not None and self._capture_open:
             self._capture.stop()
+            self._capture_open = False
+            self._capture_steps += 1
             if self.stage is Stage.CAPTURING:
-                self.stage = Stage.CAPTURED
+                wanted = set(self.graph.called if self.graph is not None else ()) | self._retrace
+                missing = sorted(wanted - set(self._capture.captured))
+                more = bool(missing) and self._capture_steps < MAX_CAPTURE_STEPS
+                if not self.broadcast(more if self.is_main else None):
+                    self.stage = Stage.CAPTURED
+                elif self.is_main:
+                    log.info(f"units {missing} did not run in the captured step; recording the next one too")
+        return traced
 
     def _measure(self) -> None:
         """Profile the captured step on the main process (outside the engine), share it, fit it."""
@@ -457,23 +499,53 @@ class Session:
         assert capture is not None
         data = None
         if self.is_main:
-            with self.engine.paused() if self.engine is not None else nullcontext():
-                profile = profile_units(
-                    self.units,
-                    capture.captured,
-                    self._batch_size,
-                    calls=dict(capture.calls),
-                    precision=precision_of(self.precision),
-                    **self.settings.grid(),
-                )
-            profile.graph = self.graph.to_dict() if self.graph is not None else None
-            saved = ""
-            if self.settings.path is not None:
-                profile.save(self.settings.path)
-                saved = f"\nprofile saved to {self.settings.path}"
-            log.info(f"{profile.describe()}{saved}")
-            data = profile.to_dict()
-        self._use_profile(Profile.from_dict(self.broadcast(data)), reused=False)
+            try:
+                with self.engine.paused() if self.engine is not None else nullcontext():
+                    profile = profile_units(
+                        self.units,
+                        capture.captured,
+                        self._batch_size,
+                        calls=dict(capture.calls),
+                        precision=precision_of(self.precision),
+                        **self.settings.grid(),
+                    )
+            except Exception as err:  # profiling is optional: it never ends a run
+                data = {"error": f"{type(err).__name__}: {err}"}
+            else:
+                profile.graph = self.graph.to_dict() if self.graph is not None else None
+                log.info(f"{profile.describe()}{self._save_profile(profile)}")
+                data = {"profile": profile.to_dict()}
+        data = self.broadcast(data)
+        if "error" in data:
+            self._unprofiled(f"profiling failed ({data['error']})")
+            return
+        self._use_profile(Profile.from_dict(data["profile"]), reused=False)
+
+    def _save_profile(self, profile: Profile) -> str:
+        """Write ``profile`` to the settings' path; what to add to the log line (a failure warns)."""
+        if self.settings.path is None:
+            return ""
+        try:
+            profile.save(self.settings.path)
+        except OSError as err:
+            log.warning(f"the profile could not be written to {self.settings.path}: {err}; training goes on")
+            return ""
+        return f"\nprofile saved to {self.settings.path}"
+
+    def _unprofiled(self, reason: str) -> None:
+        """Nothing to plan from: say why, and train on with the temporal plan."""
+        self.stage = Stage.OFF
+        if not self._planning or self.planned:
+            if self.is_main:
+                log.warning(f"{reason}; training goes on")
+            return
+        self._planning = False
+        self.guard.clear()
+        if self.is_main:
+            log.warning(f"{reason}; training goes on with the temporal plan")
+        graph = self.graph or ModuleGraph.from_edges({name: [] for name in self.units})
+        self._apply(temporal_plan(graph, device_name(self.device), notes=[f"{reason}: temporal plan"]))
+        self._publish(graph)
 
     def _use_profile(self, profile: Profile, reused: bool) -> None:
         self.profile, self.reused, self.stage = profile, reused, Stage.PROFILED
@@ -488,11 +560,14 @@ class Session:
 
     def _matching(self, candidates: Sequence[tuple[str, Profile]]) -> Profile | None:
         """The first ``(source, profile)`` measured for these units on this device; warns of the others."""
-        here = fingerprint(self.units, precision_of(self.precision))
         spec = DeviceSpec.from_current(self.device)
         for source, profile in candidates:
-            reason = profile.mismatch(here, spec.name, spec.sm_count)
+            units = self._units_named(list(profile.fingerprint.get("modules", {}))) or self.units
+            reason = profile.mismatch(
+                fingerprint(units, precision_of(self.precision)), spec.name, spec.sm_count
+            )
             if reason is None:
+                self._adopt(list(units))  # the parts of automatic units, refined when it was measured
                 log.info(
                     f"reusing the profile from {source} (measured {profile.created}); not profiling again"
                 )
@@ -565,8 +640,11 @@ class Session:
         here = device_name(self.device)
         chosen, reason = None, None
         wrong = too_wrong(self.perf_model, graph, self.profile.batch_size) if self.perf_model else {}
+        unprofiled = [m for m in graph.called if self.perf_model and m not in self.perf_model.modules]
         if self.perf_model is None:
             reason = "no performance model could be fitted to the profile (see the warning above)"
+        elif unprofiled:
+            reason = f"units {unprofiled} ran in training steps but have no profile (see the warnings above)"
         elif wrong:
             listed = ", ".join(f"{m} {e:.0%}" for m, e in wrong.items())
             reason = (
@@ -593,13 +671,112 @@ class Session:
         if chosen is None:
             log.warning(f"{reason}; training with the temporal plan")
             chosen = temporal_plan(graph, here, notes=[str(reason)])
-        chosen = replace(chosen, device=here)
+        chosen = self._checked_lookahead(replace(chosen, device=here))
         if self.micro_batches is not None:
             chosen = chosen.with_micro_batches(self.micro_batches)
         return chosen.with_notes(*self.notes)
 
-    def _traced(self, graph: ModuleGraph) -> None:
-        """The first step's graph is known: fix the plan of the sources that need no profile."""
+    def _may_refine(self) -> bool:
+        """The units were selected automatically and nothing given by hand names them."""
+        return self._auto_units and not isinstance(self.plan_source, Plan) and not self._refined
+
+    def _adopt(self, names: Sequence[str]) -> bool:
+        """Make ``names`` the units (a refined selection a profile, plan or checkpoint was made for),
+        where the selection was automatic and they all resolve; True if the units are now ``names``."""
+        units = self._units_named(names)
+        if units is None:
+            return False
+        if list(units) != list(self.units):
+            self.units, self._refined = units, True
+        return True
+
+    def _units_named(self, names: Sequence[str]) -> dict[str, nn.Module] | None:
+        """The units ``names`` in the model's order: these units, or (automatic selection) the
+        model's modules of those names; None when they do not resolve."""
+        if set(names) == set(self.units):
+            return self.units
+        if not self._auto_units:
+            return None
+        try:
+            found = select_modules(self._root, list(names))
+        except (ValueError, TypeError, AttributeError):
+            return None
+        selected = list(self.selection)
+        refines = all(
+            any(n == s or n.startswith(f"{s}.") for n in found)
+            for s in selected  # no unit left out
+        ) and all(any(n == s or n.startswith(f"{s}.") for s in selected) for n in found)  # nothing else
+        if not refines:
+            return None
+        order = {id(m): i for i, m in enumerate(self._root.modules())}
+        return dict(sorted(found.items(), key=lambda item: order.get(id(item[1]), len(order))))
+
+    def _refine(self, ran: set[int]) -> bool:
+        """Replace units whose forward never ran by their parts that did (the main process decides);
+        True when the units changed, so that the next training step is traced again."""
+        self._refined = True
+        names = self.broadcast(list(called_units(self.units, ran)) if self.is_main else None)
+        if names == list(self.units):
+            return False
+        before = list(self.units)
+        self._adopt(names)
+        if self.is_main:
+            replaced = [n for n in before if n not in self.units]
+            log.info(
+                f"units {replaced} never ran their own forward in the first training step (the model calls"
+                f" their parts directly); the units are now {list(self.units)}, traced again at the next step"
+            )
+        self.graph = None
+        if self._capture is not None:  # recorded for the old units
+            self._capture.stop()
+            self._capture, self._capture_open = None, False
+            if self.stage in (Stage.CAPTURING, Stage.CAPTURED):
+                self.stage = Stage.WARMUP
+        self._engage()
+        return True
+
+    def _saw(self, ran: set[str]) -> None:
+        """A training step called ``ran``: a unit the graph has not seen run is traced at the next step
+        (its graph joins the one known) while the plan is pending; afterwards it is only said."""
+        if self.graph is None:
+            return
+        new = ran - set(self.graph.called)
+        if not new:
+            return
+        if self.plan is None or (self.planned and self.plan.sequential):
+            return  # nothing depends on the graph: the units run one after another as plain code
+        if self._planning and not self.planned and self._retraces < MAX_RETRACES:
+            if not new <= self._retrace and self.is_main:
+                log.info(
+                    f"a training step called units {sorted(new)} that the module graph has not seen;"
+                    " tracing again"
+                )
+            self._retrace |= new
+        else:
+            warn_once(
+                log,
+                f"late-units-{sorted(new)}",
+                f"units {sorted(new)} ran for the first time after the module graph was final; the plan runs"
+                " them as it places them (alone, when it was made without them)",
+            )
+
+    def _traced(self, graph: ModuleGraph, ran: set[int] | None = None) -> None:
+        """A step's graph is known: refine the units, join a graph seen before, or (the first step)
+        fix the plan of the sources that need no profile."""
+        if ran is not None and self._may_refine() and self._refine(ran):
+            return
+        if self._retrace and self.graph is not None:
+            wanted, self._retrace = self._retrace, set()
+            self._retraces += 1
+            self.graph = self.graph.union(graph)
+            missing = wanted - set(self.graph.called)
+            if missing and self._retraces < MAX_RETRACES:
+                self._retrace = missing  # that step called other units: trace the next one too
+            if self.is_main:
+                log.info(
+                    f"the module graph joins the units of steps with other inputs:\n{self.graph.describe()}"
+                )
+            return
         self.graph = graph
         here = device_name(self.device)
         if self.engine is not None and not self.planned:
@@ -624,6 +801,29 @@ class Session:
             log.info(f"{graph.describe()}{pending}")
         self._announce()
 
+    def _checked_lookahead(self, plan: Plan, given: bool = False) -> Plan:
+        """``plan`` without lookahead units that have trainable parameters now (on the modules).
+
+        A unit computed one step ahead must not change between steps. A plan ``given`` by hand that
+        lists a trainable unit is refused; a stored one (a checkpoint's: the unit was unfrozen since)
+        loses that lookahead, with a warning.
+        """
+        trainable = [n for n in plan.lookahead if any(p.requires_grad for p in self.units[n].parameters())]
+        if not trainable:
+            return plan
+        why = (
+            f"lookahead {trainable}: {'these units have' if len(trainable) > 1 else 'this unit has'}"
+            " parameters with requires_grad=True, so its output for the next batch would be computed"
+            " before this step's update"
+        )
+        if given:
+            raise ValueError(
+                f"the plan computes {why}; list only units whose parameters all have requires_grad=False"
+            )
+        log.warning(f"the plan's {why}; not computed one step ahead")
+        kept = tuple(n for n in plan.lookahead if n not in trainable)
+        return replace(plan, lookahead=kept).with_notes(f"lookahead {trainable} dropped: trainable now")
+
     def _set_plan(self, plan: Plan) -> None:
         if self.micro_batches is not None:
             plan = plan.with_micro_batches(self.micro_batches)
@@ -638,6 +838,7 @@ class Session:
                 " plan is made again"
             )
             return
+        self._adopt(plan.modules)
         self._set_plan(plan)
         if self.is_main:
             log.info("applying the plan from the checkpoint; not profiling or planning again")

@@ -251,8 +251,8 @@ def _peak(spec: _Tasks, start: Sequence[float], end: Sequence[float], held: Sequ
 
 
 def check_inputs(graph: ModuleGraph, perf_model: CostModel, batch_size: int) -> None:
-    """``ValueError`` unless ``perf_model`` knows every unit of ``graph`` and ``batch_size`` is positive."""
-    missing = [m for m in graph.modules if m not in perf_model.modules]
+    """``ValueError`` unless ``perf_model`` knows each unit ``graph`` calls and ``batch_size`` is positive."""
+    missing = [m for m in graph.called if m not in perf_model.modules]
     if missing:
         raise ValueError(
             f"the performance model has no data for modules {missing}; it has {perf_model.modules}"
@@ -286,6 +286,7 @@ def task_times(
 def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: int) -> Timeline:
     """Place every task of one step under ``plan`` in time; see the module docstring."""
     _check(graph, perf_model, plan, batch_size)
+    graph = graph.subgraph(graph.called)  # a unit no step calls has no task
     capacity = perf_model.capacity
     k = plan.micro_batches
     spec = _tasks(graph, perf_model.backward, k, frozenset(plan.lookahead))
@@ -330,7 +331,7 @@ def lower_bound(
     Units in ``ahead`` run one step ahead.
     """
     capacity = perf_model.capacity
-    spec = _tasks(graph, perf_model.backward, micro_batches, frozenset(ahead))
+    spec = _tasks(graph.subgraph(graph.called), perf_model.backward, micro_batches, frozenset(ahead))
     size = batch_size / micro_batches
     fastest, work, host = [], 0.0, 0.0
     for m, p, _ in spec.keys:

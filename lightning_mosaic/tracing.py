@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -70,15 +71,21 @@ class Tracer:
     """The tracing of :func:`trace` as a context manager: enter before a step, exit after it, then
     :meth:`graph`. For callers that cannot wrap the step in one call (a callback's start and end hooks)."""
 
-    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module], record_calls: bool = False) -> None:
         self.modules = dict(modules)
         self.taint = _Taint()
         self.inputs: dict[str, list[str]] = {name: [] for name in self.modules}
         self.first_call: dict[str, int] = {}
         self.calls: dict[str, int] = dict.fromkeys(self.modules, 0)
         self.handles: list[Any] = []
+        self.record_calls = record_calls
+        self.ran: set[int] = set()  # ids of every module whose forward ran (with ``record_calls``)
 
     def __enter__(self) -> Tracer:
+        if self.record_calls:  # every module of the process, while tracing: which forwards run
+            self.handles.append(
+                register_module_forward_pre_hook(lambda module, args: self.ran.add(id(module)))
+            )
         for name, module in self.modules.items():
             # The pre-hook runs after hooks registered before it (the engine's, which replaces
             # pending inputs with the real tensors the unit computes on); the forward hook runs
@@ -118,12 +125,6 @@ class Tracer:
 
     def graph(self) -> ModuleGraph:
         order = list(self.first_call) + [n for n in self.modules if n not in self.first_call]
-        not_called = [n for n in self.modules if self.calls[n] == 0]
-        if not_called:
-            log.warning(
-                f"modules {not_called} were selected but not called in the traced step; they run as plain"
-                " code and have no producers or consumers in the module graph"
-            )
         inputs: dict[str, list[str]] = {}
         for name in order:
             deps = []

@@ -100,3 +100,42 @@ def test_critical_path_is_the_heaviest_chain():
     alone = ModuleGraph.from_edges({"a": [], "b": []})
     assert alone.critical_path({"a": 1.0, "b": 2.0}) == ["b"]
     assert ModuleGraph.from_edges({}).critical_path({}) == []
+
+
+# ---------------------------------------------------------------- steps that call different units
+
+
+def test_called_and_subgraph():
+    g = ModuleGraph(
+        inputs={"vision": [], "text": [], "fuse": ["vision", "text"], "val_head": []},
+        frozen=["vision"],
+        calls={"vision": 1, "text": 1, "fuse": 2, "val_head": 0},
+    )
+    assert g.called == ["vision", "text", "fuse"]
+    sub = g.subgraph(g.called)
+    assert sub.modules == ["vision", "text", "fuse"] and sub.inputs["fuse"] == ["vision", "text"]
+    assert sub.frozen == ["vision"] and sub.calls == {"vision": 1, "text": 1, "fuse": 2}
+    assert diamond().called == diamond().modules, "a graph without call counts calls every unit"
+    assert g.subgraph(["fuse", "text"]).inputs == {"text": [], "fuse": ["text"]}
+    with pytest.raises(ValueError, match=r"subgraph names unknown modules \['audio'\]"):
+        g.subgraph(["audio"])
+
+
+def test_union_of_steps_that_call_other_units():
+    """An image-only step and an image-text step: the union has every edge, producers first."""
+    images = ModuleGraph(
+        inputs={"image": [], "image_head": ["image"], "text": [], "fuse": []},
+        calls={"image": 1, "image_head": 1, "text": 0, "fuse": 0},
+    )
+    pairs = ModuleGraph(
+        inputs={"text": [], "image": [], "fuse": ["image", "text"], "image_head": []},
+        frozen=["text"],
+        calls={"text": 1, "image": 1, "fuse": 1, "image_head": 0},
+    )
+    both = images.union(pairs)
+    assert both.inputs == {"image": [], "image_head": ["image"], "text": [], "fuse": ["image", "text"]}
+    assert both.calls == {"image": 1, "image_head": 1, "text": 1, "fuse": 1}
+    assert both.frozen == ["text"] and both.called == both.modules
+    late = ModuleGraph(inputs={"fuse": [], "image": ["fuse"]})  # fuse feeds image: disagrees into a cycle
+    with pytest.raises(ValueError, match="cycle"):
+        pairs.union(late)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import lightning as L
 import pytest
 import torch
 from helpers import TinyHFMultimodal, assert_bitwise_equal, hf_loader, hf_model, parameters, trainer
+from torch import nn
 
 from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.plan import Phase, Plan
@@ -95,7 +97,69 @@ def test_plan_checks_its_lookahead():
     assert Plan.from_json(plan.to_json()) == plan and "one step ahead" in plan.describe()
 
 
-def _fit(strategy, model, max_steps=10):
-    t = trainer(strategy, max_steps=max_steps)
+def test_a_hand_written_plan_cannot_compute_a_trainable_unit_ahead():
+    model = hf_model(freeze_vision=False)
+    with pytest.raises(
+        ValueError, match=r"lookahead \['vision'\]: this unit has parameters with requires_grad=True"
+    ):
+        trainer(MosaicStrategy(plan=lookahead_plan()), max_steps=2).fit(model, hf_loader())
+
+
+class Unfreeze(L.Callback):
+    """Unfreezes the vision encoder before step ``at`` (as a fine-tuning schedule does)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            pl_module.vision.requires_grad_(True)
+            trainer.optimizers[0].add_param_group({"params": list(pl_module.vision.parameters())})
+
+
+def test_a_unit_unfrozen_during_training_is_no_longer_computed_ahead(caplog):
+    _, plain = _fit("auto", hf_model(), callbacks=[Unfreeze(at=4)])
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        t, ahead = _fit(MosaicStrategy(plan=lookahead_plan()), hf_model(), callbacks=[Unfreeze(at=4)])
+    assert_bitwise_equal(plain, ahead)
+    assert t.strategy.lookahead.hits == 2, "served at steps 2 and 3, then vision trains"
+    assert any(
+        "vision is not computed one step ahead: its parameters require grad now" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+class EMATeacher(TinyHFMultimodal):
+    """The frozen vision encoder is an EMA of a trainable copy, updated in place after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = nn.Parameter(torch.ones(32))  # on the LightningModule itself: not a unit
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        with torch.no_grad():
+            weight = next(self.vision.parameters())  # the class embedding: in every output
+            weight.mul_(0.9).add_(self.student, alpha=0.1)
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + self.student.square().sum()
+
+
+def test_a_frozen_unit_changed_between_steps_is_served_fresh(caplog):
+    torch.manual_seed(0)
+    _, plain = _fit("auto", EMATeacher())
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        t, ahead = _fit(MosaicStrategy(plan=lookahead_plan()), EMATeacher())
+    assert_bitwise_equal(plain, ahead)
+    # Prefetched at steps 1 (for step 2) and 2 (for step 3), before step 2's call found the change.
+    assert t.strategy.lookahead.prefetched == 2 and t.strategy.lookahead.hits == 0
+    assert any(
+        "parameters or buffers changed since the previous step" in r.getMessage() for r in caplog.records
+    )
+
+
+def _fit(strategy, model, max_steps=10, callbacks=()):
+    t = trainer(strategy, max_steps=max_steps, callbacks=list(callbacks))
     t.fit(model, hf_loader())
     return t, parameters(model)

@@ -144,7 +144,7 @@ def test_errors_carry_the_numbers():
 
 
 def test_a_slow_frozen_encoder_runs_one_step_ahead():
-    graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]})
+    graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}, frozen=["vision"])
     model = AnalyticModel(
         saturating({"vision": 0.5, "llm": 1.5}),
         modules=["vision", "llm"],
@@ -158,3 +158,43 @@ def test_a_slow_frozen_encoder_runs_one_step_ahead():
     assert llm_forward.start == 0.0, "the llm does not wait for this step's vision output"
     assert result.predicted_step_s < 0.7 * result.predicted_temporal_s
     assert plan(graph, model, SMALL, 8, method="heuristic").lookahead == ("vision",)
+
+
+def test_a_trainable_encoder_without_a_backward_pass_is_never_computed_ahead():
+    """Called under ``no_grad`` in the traced step, a trainable encoder has no backward pass, yet its
+    weights change every step: only ``graph.frozen`` (its parameters) admits a unit to lookahead."""
+    graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]})  # vision owns trainable weights
+    model = AnalyticModel(
+        saturating({"vision": 0.5, "llm": 1.5}),
+        modules=["vision", "llm"],
+        capacity=16,
+        backward={"vision": False},
+    )
+    for method in ("exhaustive", "heuristic"):
+        assert plan(graph, model, SMALL, 8, method=method).lookahead == ()
+    assert graph.frozen_sources == []
+    assert ModuleGraph.from_edges(
+        {"vision": [], "llm": ["vision"]}, frozen=["vision", "llm"]
+    ).frozen_sources == ["vision"]
+
+
+def test_units_no_step_calls_are_placed_alone_after_the_others():
+    """A validation-only head has no profile and no task; the plan runs it alone, last."""
+    graph = ModuleGraph(
+        inputs={"vision": [], "audio": [], "llm": ["vision", "audio"], "val_head": []},
+        calls={"vision": 1, "audio": 1, "llm": 1, "val_head": 0},
+    )
+    model = AnalyticModel(
+        saturating({"vision": 0.5, "audio": 0.5, "llm": 1.0}), modules=["vision", "audio", "llm"], capacity=16
+    )
+    result = plan(graph, model, SMALL, 8)
+    assert result.phases[-1].quotas == {"val_head": None} and set(result.modules) == set(graph.modules)
+    assert any(
+        "not called in the traced step, so alone on the whole device: val_head" in n for n in result.notes
+    )
+    timeline = simulate(graph, model, result, 8)
+    assert "val_head" not in timeline.modules
+    called = plan(graph.subgraph(graph.called), model, SMALL, 8)
+    assert timeline.step_s == pytest.approx(simulate(graph.subgraph(graph.called), model, called, 8).step_s)
+    nothing = ModuleGraph(inputs={"a": []}, calls={"a": 0})
+    assert plan(nothing, model, SMALL, 8).is_temporal

@@ -240,19 +240,73 @@ def test_unsliceable_inputs_are_profiled_at_the_full_batch_only():
     assert any("no batch dimension found" in note for note in profile.notes)
 
 
-def test_a_failing_module_is_an_error_naming_it():
+def test_a_unit_that_cannot_be_replayed_alone_is_left_out_with_a_warning(caplog):
     class Broken(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            raise ValueError("shape mismatch")
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
 
-    broken = Broken()
-    with InputCapture({"broken": broken}) as capture:
-        try:
-            broken(torch.randn(2, 2))
-        except ValueError:
-            pass
-    with pytest.raises(RuntimeError, match="replaying module 'broken' at batch 2 failed: shape mismatch"):
+        def forward(self, x: Tensor) -> Tensor:
+            if not x.requires_grad:  # the step fed it a grad-requiring tensor; the replay does too...
+                raise ValueError("shape mismatch")  # ...but pretend the replay cannot reproduce the call
+            return self.fc(x)
+
+    broken, fine = Broken(), nn.Linear(2, 2)
+    units = {"broken": broken, "fine": fine}
+    with InputCapture(units) as capture:
+        fine(broken(torch.randn(2, 2, requires_grad=True)))
+    capture.captured["broken"].args = (torch.randn(2, 2),)  # its replay raises
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        profile = profile_units(units, capture.captured, 2, quotas=[1], repeats=1, progress=False)
+    assert profile.module_names == ["fine"] and {s.module for s in profile.samples} == {"fine"}
+    message = "replaying module 'broken' alone at batch 2 failed: ValueError: shape mismatch; broken is not"
+    assert message in caplog.text and any(message in note for note in profile.notes)
+    with pytest.raises(RuntimeError, match=r"no unit could be replayed alone: .*broken.*shape mismatch"):
         profile_units({"broken": broken}, capture.captured, 2, quotas=[1], progress=False)
+
+
+def test_batchnorm_at_one_sample_skips_that_batch_and_keeps_the_others(caplog):
+    """A training-mode BatchNorm refuses one sample per channel: batch 1 of 4 is left out, loudly."""
+    enc = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with InputCapture({"enc": enc}) as capture:
+        enc(torch.randn(4, 4))
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        profile = profile_units({"enc": enc}, capture.captured, 4, quotas=[1], repeats=1, progress=False)
+    assert {s.batch for s in profile.samples} == {2, 4}
+    assert "enc is profiled without batch 1" in caplog.text
+    assert "Expected more than 1 value per channel" in caplog.text
+
+
+def test_sequence_first_inputs_are_sliced_along_their_batch_dimension():
+    """An ``(L, N, D)`` input with a fixed ``(L, L)`` mask: the batch is dimension 1, the mask stays whole."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)  # batch_first=False
+    mask = torch.full((5, 5), float("-inf")).triu(1)
+    seen: list[tuple[int, ...]] = []
+    layer.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    with InputCapture({"text": layer}) as capture:
+        layer(torch.randn(5, 8, 8), mask)
+    profile = profile_units({"text": layer}, capture.captured, 8, quotas=[1], repeats=1, progress=False)
+    assert {s.batch for s in profile.samples} == {2, 4, 8} and not profile.notes
+    assert {shape for shape in seen[1:]} == {(5, 2, 8), (5, 4, 8), (5, 8, 8)}
+
+
+def test_a_no_grad_first_call_gives_way_to_the_call_with_grad():
+    """A gradient cache runs the encoder under no_grad over the batch, then with grad per chunk: the
+    call with a backward pass is the one replayed, and the calls are those of one step."""
+    enc = nn.Linear(4, 4)
+    capture = InputCapture({"enc": enc})
+    for _ in range(2):  # two steps: calls are per step, not summed
+        with capture:
+            x = torch.randn(8, 4)
+            with torch.no_grad():
+                enc(x)
+            for chunk in x.chunk(2):
+                enc(chunk).sum().backward()
+    call = capture.captured["enc"]
+    assert call.grad_enabled and call.args[0].shape == (4, 4)
+    assert capture.calls["enc"] == 3
+    profile = profile_units({"enc": enc}, capture.captured, 8, quotas=[1], repeats=1, progress=False)
+    assert profile.module("enc").backward and profile.module("enc").batch_rows == 4
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 from helpers import demo_model
 from torch import nn
 
-from lightning_mosaic.selection import candidates, check_names, select_modules
+from lightning_mosaic.selection import called_units, candidates, check_names, select_modules
 
 
 def tiny_llava() -> nn.Module:
@@ -134,3 +134,26 @@ def test_candidates():
     model = demo_model()
     assert candidates(model) == ["vision", "audio", "projector", "llm"]
     assert candidates(model, "projector") == ["projector.fc1", "projector.fc2"]
+
+
+def test_units_whose_forward_never_ran_give_way_to_their_parts_that_did():
+    """A model that calls ``transformer.blocks[i]`` itself: the blocks become units; a head used only
+    in validation stays; a part that never ran is left out."""
+    transformer = nn.Module()
+    transformer.embed = nn.Linear(2, 2)
+    transformer.blocks = nn.ModuleList(nn.Linear(2, 2) for _ in range(2))
+    transformer.unused = nn.Linear(2, 2)
+    root = nn.Module()
+    root.transformer, root.val_head, root.head = transformer, nn.Linear(2, 2), nn.Linear(2, 2)
+    units = select_modules(root)
+    assert list(units) == ["transformer", "val_head", "head"]
+    ran = {id(m) for m in (transformer.embed, *transformer.blocks, root.head)}
+    assert list(called_units(units, ran)) == [
+        "transformer.embed",
+        "transformer.blocks.0",
+        "transformer.blocks.1",
+        "val_head",
+        "head",
+    ]
+    assert called_units(units, ran)["transformer.blocks.1"] is transformer.blocks[1]
+    assert list(called_units(units, ran | {id(transformer)})) == list(units), "its forward ran: kept"

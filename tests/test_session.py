@@ -111,7 +111,9 @@ def test_the_main_process_measures_and_plans_the_others_take_its_word(tmp_path, 
     model, main = make(tmp_path / "main", broadcast=main_broadcast, out_dir=str(tmp_path / "main"))
     main.start()
     train(model, main)
-    assert [type(x).__name__ for x in sent] == ["dict", "dict"], "the profile, then the plan"
+    # The units (checked against the forwards that ran), no second captured step, the profile, the
+    # graph is complete, the plan.
+    assert [type(x).__name__ for x in sent] == ["list", "bool", "dict", "bool", "dict"]
 
     received = iter(sent)
 
@@ -263,3 +265,32 @@ def test_a_model_too_wrong_on_the_critical_path_is_not_planned_from(tmp_path, ca
     note = results["head"].notes[0]
     assert note.startswith("the performance model is too wrong to plan from: held-out MAPE head ")
     assert "on the critical path, above 25%" in note and "too wrong to plan from" in caplog.text
+
+
+def test_profiling_that_fails_leaves_training_on_the_temporal_plan(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA driver hiccup")
+
+    monkeypatch.setattr(session_module, "profile_units", broken)
+    model, session = make(tmp_path, out_dir=str(tmp_path))
+    session.start()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        train(model, session)
+    assert session.planned and session.plan.is_temporal and session.stage is Stage.OFF
+    assert session.plan.notes == ("profiling failed (RuntimeError: CUDA driver hiccup): temporal plan",)
+    assert "training goes on with the temporal plan" in caplog.text
+    assert Plan.load(tmp_path / "mosaic_plan.json") == session.plan
+    plain = TwoTowers()
+    train(plain, None)
+    assert_bitwise_equal(parameters(plain), parameters(model))
+
+
+def test_a_profile_that_cannot_be_written_is_said_and_training_goes_on(tmp_path, caplog):
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    model, session = make(tmp_path)
+    session.settings = ProfileSettings(path=tmp_path / "blocked" / "profile.json", **FAST)
+    session.start()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        train(model, session)
+    assert session.planned and session.profile is not None
+    assert "the profile could not be written to" in caplog.text and "training goes on" in caplog.text

@@ -12,6 +12,12 @@ stays on the ordinary path (once said why in the log) when its inputs are not te
 itself, when it draws random numbers or updates running statistics, or when the LightningModule
 changes batches on their way to the device (``on_before_batch_transfer``,
 ``transfer_batch_to_device``, ``on_after_batch_transfer``).
+
+Frozen is checked on the module, every step: a unit with a parameter that requires grad (unfrozen
+by a callback, say) is no longer computed ahead, and a prefetched output is served only when no
+parameter or buffer of the unit was replaced or changed in place since it was computed (an EMA
+teacher updated after each step; each tensor's storage and version counter are compared). Writes
+through ``.data`` bypass version counters: a unit updated that way must not be listed.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ class Lookahead:
         self.hits = 0
         self.prefetched = 0
         self._recipes: dict[str, tuple[Any, dict[str, Any]] | None] = {}  # None: not eligible
-        self._ready: dict[tuple[str, tuple[int, int]], Any] = {}  # (unit, (epoch, batch_idx)) -> output
+        # (unit, (epoch, batch_idx)) -> (output, the unit's weights when it was computed)
+        self._ready: dict[tuple[str, tuple[int, int]], tuple[Any, list[tuple[int, int]]]] = {}
         self._batch: Any = None
         self._key: tuple[int, int] | None = None
         self._originals: dict[str, Callable[..., Any]] = {}
@@ -86,6 +93,9 @@ class Lookahead:
         if overridden:
             self._refuse_all(f"{type(module).__name__} overrides {', '.join(overridden)}")
             return
+        for name, unit in self.units.items():
+            if self._recipes.get(name) is not None and _trainable(unit):
+                self._refuse(name, "its parameters require grad now")
         learned = {name: r for name in self.units if (r := self._recipes.get(name)) is not None}
         if not learned:
             return  # the first step learns where the inputs come from
@@ -110,8 +120,13 @@ class Lookahead:
                 return self._learn(name, original, args, kwargs)
             ready = self._ready.pop((name, self._key), None)
             if ready is not None and recipe is not None and self._matches(recipe[0], (args, kwargs)):
-                self.hits += 1
-                return ready
+                out, weights = ready
+                if weights == _weights(self.units[name]):
+                    self.hits += 1
+                    return out
+                self._refuse(
+                    name, "its parameters or buffers changed since the previous step (an EMA update?)"
+                )
             return original(*args, **kwargs)
 
         return forward
@@ -124,7 +139,9 @@ class Lookahead:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         out = original(*args, **kwargs)
         reason = None
-        if missing:
+        if _trainable(module):
+            reason = "its parameters require grad"
+        elif missing:
             reason = f"its input {missing} is not a tensor of the batch itself"
         elif not torch.equal(cpu, torch.get_rng_state()) or (
             cuda is not None
@@ -149,6 +166,8 @@ class Lookahead:
 
     def _refuse(self, name: str, reason: str) -> None:
         self._recipes[name] = None
+        for key in [k for k in self._ready if k[0] == name]:
+            del self._ready[key]
         warn_once(log, f"lookahead-{name}-{reason}", f"{name} is not computed one step ahead: {reason}")
 
     def _refuse_all(self, reason: str) -> None:
@@ -185,8 +204,17 @@ class Lookahead:
             finally:
                 if stream is not None:
                     backend.set_current(caller)
-        self._ready[(name, key)] = out
+        self._ready[(name, key)] = (out, _weights(self.units[name]))
         self.prefetched += 1
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _weights(module: nn.Module) -> list[tuple[int, int]]:
+    """Each parameter's and buffer's storage and version: what changes when the unit's state does."""
+    return [(t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers())]
 
 
 def _next_batch(trainer: pl.Trainer) -> Any:

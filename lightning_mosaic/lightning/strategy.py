@@ -268,7 +268,7 @@ class MosaicStrategy(DDPStrategy):
                 modules = profiler.module_names
         session = self.session
         units = select_modules(module, modules)
-        if session is None or _key(session.units) != _key(units):
+        if session is None or _key(session.selection) != _key(units):
             if session is not None:
                 session.close()
             session = Session(
