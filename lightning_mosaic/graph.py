@@ -22,12 +22,16 @@ class ModuleGraph:
     ``inputs`` maps every unit, in execution order, to the units whose outputs it consumes.
     ``frozen`` lists units without trainable parameters. ``calls`` and ``parameters`` hold, for a
     traced graph, how often each unit ran in the traced step and how many parameters it owns.
+    ``effects`` maps each unit whose data flow bypasses the tensors it returns (it changes an input
+    in place, writes tensors to attributes, or returns no tensor) to what it does: such a unit must
+    run alone, after everything before it and before everything after it.
     """
 
     inputs: dict[str, list[str]]
     frozen: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, int] = field(default_factory=dict)
+    effects: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inputs = {name: list(deps) for name, deps in self.inputs.items()}
@@ -42,7 +46,12 @@ class ModuleGraph:
                     raise ValueError(f"module {name!r} consumes itself; a module graph has no self-loops")
             if len(set(deps)) != len(deps):
                 raise ValueError(f"module {name!r} lists a producer twice: {deps}")
-        for key, names in (("frozen", self.frozen), ("calls", self.calls), ("parameters", self.parameters)):
+        for key, names in (
+            ("frozen", self.frozen),
+            ("calls", self.calls),
+            ("parameters", self.parameters),
+            ("effects", self.effects),
+        ):
             unknown = [n for n in names if n not in self.inputs]
             if unknown:
                 raise ValueError(
@@ -86,6 +95,7 @@ class ModuleGraph:
             frozen=[n for n in self.frozen if n in keep],
             calls={n: c for n, c in self.calls.items() if n in keep},
             parameters={n: c for n, c in self.parameters.items() if n in keep},
+            effects={n: e for n, e in self.effects.items() if n in keep},
         )
 
     def union(self, other: ModuleGraph) -> ModuleGraph:
@@ -107,6 +117,7 @@ class ModuleGraph:
             frozen=frozen,
             calls=calls,
             parameters={**self.parameters, **other.parameters},
+            effects={**self.effects, **other.effects},
         )
 
     @property
@@ -116,7 +127,11 @@ class ModuleGraph:
         step's update. Decided by the modules' ``requires_grad`` (``frozen``), never by whether the
         traced step happened to run a backward pass through them (a trainable encoder called under
         ``torch.no_grad`` has none, yet its weights change every step)."""
-        return [name for name in self.inputs if not self.inputs[name] and name in self.frozen]
+        return [
+            name
+            for name in self.inputs
+            if not self.inputs[name] and name in self.frozen and name not in self.effects
+        ]
 
     @property
     def sinks(self) -> list[str]:
@@ -153,7 +168,9 @@ class ModuleGraph:
     def levels(self) -> list[list[str]]:
         """Units grouped by the length of the longest path from a source.
 
-        Units on the same level never depend on each other, so each level can run side by side.
+        Units on the same level never depend on each other, so each level can run side by side. A unit
+        with ``effects`` runs alone: it gets a level of its own, which cuts its depth's level in two
+        where it runs (units called before it, then it, then units called after it).
         """
         depth: dict[str, int] = {}
         for name in self.topological_order():
@@ -161,7 +178,18 @@ class ModuleGraph:
         out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
         for name in self.inputs:
             out[depth[name]].append(name)
-        return out
+        split: list[list[str]] = []
+        for level in out:
+            run: list[str] = []
+            for name in level:
+                if name in self.effects:
+                    split += ([run] if run else []) + [[name]]
+                    run = []
+                else:
+                    run.append(name)
+            if run:
+                split.append(run)
+        return split
 
     def critical_path(self, weights: Mapping[str, float]) -> list[str]:
         """The chain of dependent units with the largest total weight (``weights``: e.g. each unit's
@@ -208,6 +236,8 @@ class ModuleGraph:
                 notes.append(f"{_human(self.parameters[name])} params")
             if name in self.frozen:
                 notes.append("frozen")
+            if name in self.effects:
+                notes.append(f"runs alone: {self.effects[name]}")
             if name in self.calls:
                 notes.append("not called" if self.calls[name] == 0 else f"called {self.calls[name]}x")
             if not deps:
@@ -231,6 +261,7 @@ class ModuleGraph:
             "frozen": self.frozen,
             "calls": self.calls,
             "parameters": self.parameters,
+            "effects": self.effects,
         }
 
     @classmethod
@@ -245,6 +276,7 @@ class ModuleGraph:
             frozen=list(data.get("frozen", [])),
             calls=dict(data.get("calls", {})),
             parameters=dict(data.get("parameters", {})),
+            effects=dict(data.get("effects", {})),
         )
 
     def to_json(self) -> str:

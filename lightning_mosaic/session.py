@@ -760,15 +760,28 @@ class Session:
                 " them as it places them (alone, when it was made without them)",
             )
 
+    def _serialize(self) -> None:
+        """Units whose data flow bypasses their outputs run alone; all of them until a step was traced."""
+        if self.engine is not None:
+            self.engine.serial = set(self.graph.effects) if self.graph is not None else set(self.units)
+
     def _traced(self, graph: ModuleGraph, ran: set[int] | None = None) -> None:
         """A step's graph is known: refine the units, join a graph seen before, or (the first step)
         fix the plan of the sources that need no profile."""
         if ran is not None and self._may_refine() and self._refine(ran):
             return
+        for name, effect in graph.effects.items():
+            warn_once(
+                log,
+                f"effects-{name}",
+                f"unit {name} {effect}: that data flow bypasses the tensors it returns, so it runs alone"
+                " (after everything before it, before everything after it)",
+            )
         if self._retrace and self.graph is not None:
             wanted, self._retrace = self._retrace, set()
             self._retraces += 1
             self.graph = self.graph.union(graph)
+            self._serialize()
             missing = wanted - set(self.graph.called)
             if missing and self._retraces < MAX_RETRACES:
                 self._retrace = missing  # that step called other units: trace the next one too
@@ -778,6 +791,7 @@ class Session:
                 )
             return
         self.graph = graph
+        self._serialize()
         here = device_name(self.device)
         if self.engine is not None and not self.planned:
             if self.plan_source == "concurrent":
@@ -877,6 +891,7 @@ class Session:
         else:  # the temporal plan, the warmup of plan="auto", or no plan yet: plain
             backend = make_backend("none", self.device)
         engine.attach(self.units, backend=backend, quotas=quotas, device=self.device, groups=groups)
+        self._serialize()
         if self.on_apply is not None:
             self.on_apply(self.plan if self.planned else None)
 

@@ -140,17 +140,28 @@ class _Tasks:
 def _tasks(
     graph: ModuleGraph, backward: Mapping[str, bool], micro_batches: int, ahead: frozenset[str] = frozenset()
 ) -> _Tasks:
-    """The tasks and their dependencies; units in ``ahead`` (one step ahead) gate nobody this step."""
+    """The tasks and their dependencies; units in ``ahead`` (one step ahead) gate nobody this step.
+
+    A unit with ``graph.effects`` runs alone: its forward waits for every forward issued before it,
+    and every forward issued after it waits for it (the engine joins before it and runs it inline).
+    """
     order = graph.topological_order()
+    alone = set(graph.effects)
     has_backward = {m: backward.get(m, True) for m in order}
     keys: list[tuple[str, str, int]] = [(m, "forward", i) for i in range(micro_batches) for m in order]
     keys += [(m, "backward", i) for i in range(micro_batches) for m in reversed(order) if has_backward[m]]
     index = {key: n for n, key in enumerate(keys)}
     deps: list[list[int]] = []
     last: dict[str, int] = {}
+    barrier: int | None = None  # the last forward of a unit that runs alone
     for n, (m, pass_, i) in enumerate(keys):
         if pass_ == "forward":
             need = [index[(p, "forward", i)] for p in graph.inputs[m] if p not in ahead]
+            if m in alone:
+                need = list(range(n))  # every forward issued before (forwards come first in issue order)
+                barrier = n
+            elif barrier is not None:
+                need.append(barrier)
         else:
             need = [index[(x, "forward", i)] for x in order if x not in ahead]
             need += [index[(c, "backward", i)] for c in graph.consumers(m) if has_backward[c]]

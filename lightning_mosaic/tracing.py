@@ -4,6 +4,11 @@ Every tensor a unit returns is tagged with the unit's name; a ``TorchDispatchMod
 of every ATen operation's inputs on to its outputs, so the tags follow the tensors through whatever
 user code sits between units (``torch.cat``, slicing, arithmetic). When a unit is called, the tags
 on its inputs are its producers. The step runs unchanged: same operations, same numbers.
+
+Data flow that bypasses the returned tensors is detected too, per call: an input tensor whose
+version counter moved (changed in place), a tensor attribute of the unit or of one of its
+submodules that was set or changed in place (state another unit or the caller may read), or a call
+that returns no tensor. Such a unit is listed in ``ModuleGraph.effects`` and runs alone.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -80,6 +86,10 @@ class Tracer:
         self.handles: list[Any] = []
         self.record_calls = record_calls
         self.ran: set[int] = set()  # ids of every module whose forward ran (with ``record_calls``)
+        self.effects: dict[str, str] = {}
+        self._before: dict[
+            str, list[tuple[list[tuple[torch.Tensor, int]], dict[Any, list[tuple[int, int]]]]]
+        ] = {}
 
     def __enter__(self) -> Tracer:
         if self.record_calls:  # every module of the process, while tracing: which forwards run
@@ -112,14 +122,34 @@ class Tracer:
             for producer in sorted(producers, key=lambda n: self.first_call.get(n, len(self.first_call))):
                 if producer != name and producer not in self.inputs[name]:
                     self.inputs[name].append(producer)
+            versions = [(t, t._version) for t in iter_tensors((args, kwargs)) if not t.is_inference()]
+            self._before.setdefault(name, []).append((versions, _state(module)))
 
         return hook
 
     def _post_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             tag = frozenset((name,))
+            returned = False
             for tensor in iter_tensors(output):
                 self.taint.tags[tensor] = tag
+                returned = True
+            stack = self._before.get(name)
+            if not stack:
+                return
+            versions, state = stack.pop()
+            if name in self.effects:
+                return
+            changed = [t for t, v in versions if t._version != v]
+            after = _state(module)
+            kept = sorted({key[1] for key in set(state) | set(after) if state.get(key) != after.get(key)})
+            if changed:
+                shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
+                self.effects[name] = f"changes its input of shape {shapes} in place"
+            elif kept:
+                self.effects[name] = f"keeps tensors in its attribute {', '.join(kept[:3])}"
+            elif not returned:
+                self.effects[name] = "returns no tensor"
 
         return hook
 
@@ -142,5 +172,34 @@ class Tracer:
         frozen = [n for n in order if not any(p.requires_grad for p in self.modules[n].parameters())]
         parameters = {n: sum(p.numel() for p in self.modules[n].parameters()) for n in order}
         return ModuleGraph(
-            inputs=inputs, frozen=frozen, calls={n: self.calls[n] for n in order}, parameters=parameters
+            inputs=inputs,
+            frozen=frozen,
+            calls={n: self.calls[n] for n in order},
+            parameters=parameters,
+            effects={n: self.effects[n] for n in order if n in self.effects},
         )
+
+
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _state(module: nn.Module) -> dict[Any, list[tuple[int, int]]]:
+    """``(submodule id, attribute) -> [(tensor id, version), ...]`` of every attribute holding tensors
+    (parameters, buffers and submodules excepted) of ``module`` and its submodules."""
+    out: dict[Any, list[tuple[int, int]]] = {}
+    for sub in module.modules():
+        for key, value in vars(sub).items():
+            if key in _MODULE_STATE or key.startswith("_forward") or key.startswith("_backward"):
+                continue
+            tensors = [(id(t), _version(t)) for t in iter_tensors(value)] if _may_hold(value) else []
+            if tensors:
+                out[(id(sub), key)] = tensors
+    return out
+
+
+def _version(tensor: torch.Tensor) -> int:
+    return -1 if tensor.is_inference() else tensor._version  # inference tensors count no versions
+
+
+def _may_hold(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, dict, list, tuple))

@@ -281,3 +281,61 @@ def test_a_unit_called_twice_per_step_waits_for_its_second_input():
     done_events = [e.event for e in log if e.kind == "record" and e.stream == "shared"]
     assert len(done_events) >= 2 and len(set(done_events)) == len(done_events), "one done-event per call"
     _assert_race_free(engine, model)
+
+
+# ---------------------------------------------------------------- data flow that bypasses the outputs
+
+
+class SideEffects(nn.Module):
+    """``scale`` changes its input in place and returns nothing; ``cache`` keeps its features in an
+    attribute and returns nothing; user code reads both after the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = Scale()
+        self.cache = Cache()
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 1.0  # the caller's own tensor
+        self.scale(x)
+        self.cache(x)
+        return self.head(x + self.cache.features).sum()
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(8), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> None:
+        x.mul_(self.weight)
+
+
+class Cache(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.features: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> None:
+        self.features = self.fc(x)
+
+
+def _side_effects(serial: set[str]) -> tuple[SideEffects, Engine]:
+    torch.manual_seed(0)
+    model = SideEffects()
+    engine = Engine()
+    engine.serial = serial
+    batch = torch.randn(4, 8)
+    return model, train_recorded(model, lambda step: model(batch), steps=2, engine=engine)
+
+
+def test_units_with_side_effects_race_unless_they_run_alone():
+    model, engine = _side_effects(set())
+    races = find_races(engine.backend.log, long_lived(model))
+    assert {engine.backend.log[r.earlier].stream for r in races} >= {"scale", "cache"}
+    model, engine = _side_effects({"scale", "cache"})
+    assert find_races(engine.backend.log, long_lived(model)) == []
+    assert not engine.backend.launches("scale") and not engine.backend.launches("cache"), "run inline"
+    assert engine.calls == {"scale": 2, "cache": 2, "head": 2}

@@ -139,3 +139,17 @@ def test_union_of_steps_that_call_other_units():
     late = ModuleGraph(inputs={"fuse": [], "image": ["fuse"]})  # fuse feeds image: disagrees into a cycle
     with pytest.raises(ValueError, match="cycle"):
         pairs.union(late)
+
+
+def test_a_unit_with_side_effects_gets_a_level_of_its_own():
+    g = ModuleGraph(
+        inputs={"vision": [], "cache": [], "audio": [], "llm": ["vision", "cache", "audio"]},
+        frozen=["cache"],
+        effects={"cache": "keeps tensors in its attribute features"},
+    )
+    assert g.levels() == [["vision"], ["cache"], ["audio"], ["llm"]], "audio is called after cache"
+    assert g.frozen_sources == [], "a unit that runs alone is never computed one step ahead"
+    assert ModuleGraph.from_json(g.to_json()) == g
+    assert g.subgraph(["cache", "llm"]).effects == g.effects
+    with pytest.raises(ValueError, match=r"`effects` names unknown modules \['text'\]"):
+        ModuleGraph(inputs={"a": []}, effects={"text": "returns no tensor"})

@@ -197,3 +197,18 @@ def test_bad_input(plan, batch, message):
     model = AnalyticModel(lambda m, p, b, q: 1.0, modules=["a", "b"], capacity=16)
     with pytest.raises(ValueError, match=message):
         simulate(graph, model, plan, batch)
+
+
+def test_a_unit_with_side_effects_runs_alone_in_the_simulated_step():
+    """``b`` runs alone: it waits for ``a`` although it does not consume it, and ``d`` waits for ``b``."""
+    graph = ModuleGraph(
+        inputs={"a": [], "b": [], "d": [], "c": ["a", "b", "d"]}, effects={"b": "returns no tensor"}
+    )
+    model = AnalyticModel(lambda m, p, b, q: 1.0, modules=["a", "b", "c", "d"], capacity=16)
+    plan = Plan([Phase({"a": 8, "d": 8}), Phase({"b": None}), Phase({"c": None})])
+    timeline = simulate(graph, model, plan, 4)
+    span = {t.module: (t.start, t.end) for t in timeline.tasks if t.pass_ == "forward"}
+    assert span["b"][0] >= span["a"][1] and span["d"][0] >= span["b"][1]
+    assert graph.levels() == [["a"], ["b"], ["d"], ["c"]]
+    free = simulate(ModuleGraph.from_edges(graph.inputs), model, plan, 4)
+    assert timeline.step_s > free.step_s

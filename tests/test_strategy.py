@@ -648,3 +648,42 @@ def test_two_cpu_processes_share_rank_zeros_plan(tmp_path):
     assert ranks[0]["plan"]["micro_batches"] == 2
     assert_bitwise_equal(ranks[0]["params"], ranks[1]["params"])
     assert (tmp_path / "mosaic_profile.json").exists()  # rank 0 profiled and saved
+
+
+def test_units_with_side_effects_run_alone_race_free_and_said(caplog):
+    import logging
+
+    from helpers import long_lived
+    from test_engine import SideEffects
+
+    from lightning_mosaic.engine import RecordingBackend, find_races
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = SideEffects()
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def data():
+        g = torch.Generator().manual_seed(0)
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.randn(16, 8, generator=g)), batch_size=4
+        )
+
+    plain = Module()
+    trainer("auto", max_steps=3).fit(plain, data())
+    backend, model = RecordingBackend(), Module()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"), backend.recording():
+        t = trainer(MosaicStrategy(plan="concurrent", backend=backend), max_steps=3)
+        t.fit(model, data())
+    assert_bitwise_equal(parameters(plain), parameters(model))
+    assert find_races(backend.log, long_lived(model)) == []
+    assert set(t.strategy.graph.effects) == {"net.scale", "net.cache"}
+    assert [p.modules for p in t.strategy.plan.phases] == [["net.scale"], ["net.cache"], ["net.head"]]
+    assert "unit net.scale changes its input of shape (4, 8) in place" in caplog.text

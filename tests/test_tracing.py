@@ -8,6 +8,7 @@ import torch
 from helpers import Encoder, demo_model, hf_loader, hf_model
 from torch import nn
 
+from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.selection import select_modules
 from lightning_mosaic.tracing import trace
 
@@ -121,3 +122,28 @@ def test_trace_through_the_engine_with_pending_outputs():
         graph, _ = trace(units, lambda: model(*_demo_batch()))
     engine.detach()
     assert graph.inputs == {"vision": [], "audio": [], "projector": ["vision", "audio"], "llm": ["projector"]}
+
+
+def test_data_flow_that_bypasses_the_outputs_is_found():
+    from test_engine import SideEffects
+
+    model = SideEffects()
+    graph, _ = trace(select_modules(model), lambda: model(torch.randn(4, 8)))
+    assert graph.effects == {
+        "scale": "changes its input of shape (4, 8) in place",
+        "cache": "keeps tensors in its attribute features",
+    }
+    assert "runs alone: keeps tensors in its attribute features" in graph.describe()
+    units = {"sink": _NoTensor(), "enc": Encoder()}
+    graph, _ = trace(units, lambda: (units["sink"](torch.randn(2, 8)), units["enc"](torch.randn(2, 8))))
+    assert graph.effects == {"sink": "returns no tensor"}
+    assert ModuleGraph.from_json(graph.to_json()) == graph
+
+
+class _NoTensor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> int:
+        return int(self.fc(x).argmax())

@@ -19,6 +19,11 @@ Backward needs nothing extra: autograd runs each backward op on its forward op's
 across streams. :meth:`join` makes the caller's stream wait for every unit stream used since the
 last join and retires the step's pending tensors; the strategy joins at the end of every step call
 and after every backward (before ``optimizer.step``). With the inline backend the hooks only count.
+
+A unit in ``serial`` runs alone: its pre-hook makes the caller's stream wait for every stream used
+since the last join, and the unit runs inline on the caller's stream, its outputs plain tensors.
+That is for units whose data flow bypasses what they return (an input changed in place, tensors
+kept in attributes), which no pending output would order.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class Engine:
     """Owns the hooks on the units, the backend's streams and the per-step bookkeeping.
 
     ``calls`` counts the routed calls of each unit since :meth:`attach`; ``steps`` counts the steps
-    run inside :meth:`step`.
+    run inside :meth:`step`; ``serial`` names the units that run alone (see the module docstring;
+    it may be changed while attached).
     """
 
     def __init__(self, backend: Backend | None = None) -> None:
@@ -55,6 +61,7 @@ class Engine:
         self._dirty: dict[Any, None] = {}  # unit streams used since the last join, in order
         self._shells: list[weakref.ref[PendingTensor]] = []
         self._paused = 0
+        self.serial: set[str] = set()
 
     @property
     def attached(self) -> bool:
@@ -189,6 +196,12 @@ class Engine:
             self.calls[name] += 1
             backend = self.backend
             if not backend.concurrent:
+                return None
+            if name in self.serial:  # runs on the caller's stream, after everything queued so far
+                current = backend.current_stream()
+                for stream in list(self._dirty):
+                    if stream is not current:
+                        backend.wait(current, backend.record(stream))
                 return None
             caller = backend.current_stream()
             stream = backend.stream(name)
