@@ -8,9 +8,11 @@ else (tokens with uneven padding, for instance) are weighted by samples all the 
 
 :func:`split_batch` knows tensors, mappings (``dict``, ``BatchEncoding``, ``ModelOutput``), lists,
 tuples, named tuples and dataclasses. A tensor is split when its first dimension is the batch size,
-and kept whole when it is a scalar; a list of plain values (strings, numbers) as long as the batch
-is split per sample; strings, numbers and ``None`` are kept whole. Anything else is a
-:class:`BatchSplitError` naming the type, where it sits in the batch and the hook to implement.
+and kept whole when it is a scalar. A list as long as the batch holds one item per sample (captions,
+per-sample lists of boxes or tokens, tensors of varying length, dicts), unless every item is a
+tensor whose first dimension is the batch size (a list of batched tensors, split one by one): it is
+split per sample, its items untouched. Strings, numbers and ``None`` are kept whole. Anything else
+is a :class:`BatchSplitError` naming the type, where it sits in the batch and the hook to implement.
 """
 
 from __future__ import annotations
@@ -117,8 +119,11 @@ def combine(values: list[Any], counts: Sequence[int]) -> Any:
 def _take(batch: Any, start: int, stop: int, total: int) -> Any:
     """Rows ``start:stop`` of every per-sample part of ``batch``."""
 
-    def per_sample_values(obj: Any) -> bool:  # one plain value per sample (captions, ids)
-        return isinstance(obj, list) and len(obj) == total and all(isinstance(i, _PLAIN) for i in obj)
+    def per_sample_values(obj: Any) -> bool:  # one item per sample (captions, box lists, ragged tensors)
+        if not isinstance(obj, list) or len(obj) != total:
+            return False
+        batched = all(isinstance(i, torch.Tensor) and i.dim() > 0 and i.shape[0] == total for i in obj)
+        return not batched
 
     def take(path: Any, leaf: Any) -> Any:
         where = f"batch{keystr(path)}"

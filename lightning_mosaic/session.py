@@ -213,6 +213,13 @@ class Session:
         self.quotas = check_quotas(quotas)
         self.micro_batches = check_micro_batches(micro_batches)
         self.max_micro_batches = micro_batch_cap(model)
+        self._cap_reason = (
+            f"sets {CAP} = {self.max_micro_batches} (its loss couples the samples of a batch, so splitting"
+            " it would change the numbers)"
+        )
+        if getattr(model, "automatic_optimization", True) is False:  # its training_step steps itself
+            self.max_micro_batches = 1
+            self._cap_reason = "sets automatic_optimization = False (its training_step calls backward itself)"
         self.allow_lookahead = allow_lookahead
         self.settings = settings or ProfileSettings()
         self.profile_requested = profile_requested
@@ -248,6 +255,7 @@ class Session:
         self._retraces = 0
         self._capture_open = False  # this training step's inputs are being recorded
         self._capture_steps = 0
+        self._split_checked = False  # micro-batches that change the numbers were looked for
         self._guarding = False  # a plan made from a profile awaits the guard's verdict
         self._plan_settled = False  # the first step under that plan is over
 
@@ -349,6 +357,9 @@ class Session:
         if self.engine is not None:
             self.guard.end()
         self._settle(steps_done)
+        if self.micro_batches_now > 1 and not self._split_checked:
+            self._split_checked = True
+            self._check_split_numbers()
         # Timed while a plan from a profile is pending (temporal steps) or being judged (plan steps).
         timed = self.engine is not None and (self._guarding or (self._planning and not self.planned))
         if self.stage is Stage.WARMUP and steps_done >= self.settings.warmup_steps:
@@ -364,6 +375,36 @@ class Session:
             self._capture_open = True
         if timed:
             self.guard.start(self._step_kind(captured))
+
+    def _check_split_numbers(self) -> None:
+        """Say once when micro-batches will change the numbers: batch statistics, random masks."""
+        norms, drops = [], []
+        for name, module in self._root.named_modules():
+            if not module.training:
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                norms.append(name)
+            elif isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+                drops.append(name)
+            elif any(
+                isinstance(v := getattr(module, attr, None), float) and v > 0
+                for attr in ("dropout", "attention_dropout", "activation_dropout")
+            ):
+                drops.append(name)
+        found = []
+        if norms:
+            found.append(
+                f"BatchNorm in training mode ({_listed(norms)}): each micro-batch has its own statistics"
+            )
+        if drops:
+            found.append(f"dropout ({_listed(drops)}): the random masks are drawn in another order")
+        if found:
+            warn_once(
+                log,
+                f"split-numbers-{self.model_name}",
+                f"{self.micro_batches_now} micro-batches per step: {self.model_name} has {'; '.join(found)},"
+                " so the numbers will differ from plain Lightning's (micro_batches=1 keeps them identical)",
+            )
 
     def _step_kind(self, captured: bool) -> str:
         """What the guard counts the step about to start as (see ``guard.py``)."""
@@ -869,8 +910,8 @@ class Session:
             asked = self.plan.micro_batches
         if cap is not None and asked is not None and asked > cap:
             raise ValueError(
-                f"{asked} micro-batches per step asked for, but {self.model_name} sets {CAP} = {cap}"
-                " (its loss couples the samples of a batch, so splitting it would change the numbers)"
+                f"{asked} micro-batches per step asked for, but {self.model_name} {self._cap_reason}; use at"
+                f" most {cap}"
             )
 
     def _engage(self) -> None:
@@ -996,6 +1037,11 @@ def micro_batch_cap(model: Any) -> int | None:
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise ValueError(f"{type(model).__name__}.{CAP} = {cap!r}; it must be a whole number >= 1")
     return cap
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(n or "the model itself" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _whole(name: str, value: Any, least: int, what: str) -> None:

@@ -85,7 +85,30 @@ def test_a_transfer_hook_turns_lookahead_off(caplog):
     with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
         t, _ = _fit(MosaicStrategy(plan=lookahead_plan()), Hooked(), max_steps=3)
     assert t.strategy.lookahead.prefetched == 0
-    assert any("overrides on_after_batch_transfer" in r.getMessage() for r in caplog.records)
+    assert any("Hooked.on_after_batch_transfer is overridden" in r.getMessage() for r in caplog.records)
+
+
+def test_a_datamodule_transfer_hook_turns_lookahead_off_too(caplog):
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return hf_loader()
+
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            return {**batch, "pixel_values": batch["pixel_values"].flip(0)}
+
+    def run(strategy):
+        torch.manual_seed(0)
+        model = hf_model()
+        t = trainer(strategy, max_steps=4)
+        t.fit(model, datamodule=Data())
+        return t, parameters(model)
+
+    _, plain = run("auto")
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        t, ahead = run(MosaicStrategy(plan=lookahead_plan()))
+    assert_bitwise_equal(plain, ahead)
+    assert t.strategy.lookahead.prefetched == 0
+    assert any("Data.on_before_batch_transfer is overridden" in r.getMessage() for r in caplog.records)
 
 
 def test_plan_checks_its_lookahead():

@@ -123,3 +123,19 @@ def test_skipped_micro_batches_must_all_be_skipped():
     assert combine_outputs([None, None], [2, 2]) is None
     with pytest.raises(ValueError, match=r"returned None for micro-batches \[1\] of 2"):
         combine_outputs([torch.tensor(1.0), None], [2, 2])
+
+
+def test_per_sample_lists_of_lists_and_ragged_tensors_are_split_per_sample():
+    batch = {
+        "x": torch.zeros(4, 2),
+        "boxes": [[1, 2], [3], [4, 5, 6], []],
+        "ragged": [torch.zeros(n, 4) for n in (2, 1, 3, 0)],
+        "meta": [{"id": i} for i in range(4)],
+        "batched": [torch.zeros(4, 1), torch.ones(4, 2)],  # a list of batched tensors: each split
+    }
+    first, second = split_batch(batch, 2)
+    assert first["boxes"] == [[1, 2], [3]] and second["boxes"] == [[4, 5, 6], []]
+    assert [t.shape[0] for t in second["ragged"]] == [3, 0] and first["meta"] == [{"id": 0}, {"id": 1}]
+    assert [t.shape for t in first["batched"]] == [(2, 1), (2, 2)]
+    with pytest.raises(BatchSplitError, match=r"batch\['boxes'\]\[0\] has shape \(2, 4\)"):
+        split_batch({"x": torch.zeros(4, 2), "boxes": [torch.zeros(2, 4), torch.zeros(1, 4)]}, 2)

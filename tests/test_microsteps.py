@@ -164,8 +164,13 @@ def test_manual_optimization_cannot_be_split():
 
     torch.manual_seed(0)
     t = trainer(MosaicStrategy(plan="temporal", micro_batches=2), max_steps=1)
-    with pytest.raises(RuntimeError, match=r"automatic_optimization = False.*micro_batches=1"):
+    with pytest.raises(
+        ValueError, match=r"2 micro-batches per step asked for, but Manual sets automatic_opt"
+    ):
         t.fit(Manual(), hf_loader())
+    t = trainer(MosaicStrategy(plan="temporal"), max_steps=1)
+    t.fit(Manual(), hf_loader())
+    assert t.strategy.session.max_micro_batches == 1, "the planner never splits its batches"
 
 
 def test_bad_micro_batch_and_plan_arguments_are_rejected(tmp_path):
@@ -227,3 +232,26 @@ def test_encoders_of_the_next_micro_batch_are_not_ordered_after_the_backbone():
     lanes = {e.stream for e in log if e.kind == "launch" and e.stream.startswith("lane")}
     assert lanes == {"lane0", "lane1"}, "each micro-batch's step code runs on its own lane"
     assert find_races(log, long_lived(model)) == []
+
+
+def test_batchnorm_or_dropout_under_micro_batches_warns_that_numbers_differ(caplog):
+    import logging
+
+    class WithNorm(TinyHFMultimodal):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision_proj = torch.nn.Sequential(
+                torch.nn.Linear(32, 48), torch.nn.BatchNorm1d(17), torch.nn.Dropout(0.1)
+            )
+
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        fit(MosaicStrategy(plan="temporal", micro_batches=2), WithNorm(), steps=2)
+    warned = [r.getMessage() for r in caplog.records if "numbers will differ" in r.getMessage()]
+    assert len(warned) == 1, "said once"
+    assert "BatchNorm in training mode (vision_proj.1)" in warned[0] and "dropout (vision_proj.2" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        fit(MosaicStrategy(plan="temporal", micro_batches=1), WithNorm(), steps=2)
+        fit(MosaicStrategy(plan="temporal", micro_batches=2), hf_model(), steps=2)
+    assert "numbers will differ" not in caplog.text, "nothing to say: one micro-batch, or no such module"

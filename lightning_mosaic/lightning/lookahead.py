@@ -10,7 +10,7 @@ mode, and no random numbers drawn (checked).
 Batch ``t + 1`` comes from Lightning's data fetcher (fetched one step early). A unit
 stays on the ordinary path (once said why in the log) when its inputs are not tensors of the batch
 itself, when it draws random numbers or updates running statistics, or when the LightningModule
-changes batches on their way to the device (``on_before_batch_transfer``,
+or its DataModule changes batches on their way to the device (``on_before_batch_transfer``,
 ``transfer_batch_to_device``, ``on_after_batch_transfer``).
 
 Frozen is checked on the module, every step: a unit with a parameter that requires grad (unfrozen
@@ -88,10 +88,18 @@ class Lookahead:
         self._batch, self._key = batch, (trainer.current_epoch, batch_idx)
         for stale in [k for k in self._ready if k[1] != self._key]:
             del self._ready[stale]  # prefetched for a batch that never came (an epoch cut short)
-        module = trainer.lightning_module
-        overridden = [hook for hook in TRANSFER_HOOKS if is_overridden(hook, module)]
+        overridden = [
+            f"{type(owner).__name__}.{hook}"
+            for owner in (trainer.lightning_module, trainer.datamodule)
+            if owner is not None
+            for hook in TRANSFER_HOOKS
+            if is_overridden(hook, owner)
+        ]
         if overridden:
-            self._refuse_all(f"{type(module).__name__} overrides {', '.join(overridden)}")
+            self._refuse_all(
+                f"{', '.join(overridden)} {'is' if len(overridden) == 1 else 'are'} overridden: batches are"
+                " changed on their way to the device, where the next one is not seen"
+            )
             return
         for name, unit in self.units.items():
             if self._recipes.get(name) is not None and _trainable(unit):
