@@ -4,8 +4,10 @@
 yet ``Trainer(strategy="mosaic")`` must work after it. So the registration waits for
 ``lightning.pytorch``: at once when it is already imported, otherwise a finder on ``sys.meta_path``
 wraps the loader of ``lightning.pytorch`` and registers right after the package has executed (a
-post-import hook). A registration that fails is logged with the reason; ``MosaicStrategy()``
-instances work all the same.
+post-import hook). When the first import is the strategy class itself, Lightning loads while the
+Lightning layer is half imported: the hook then leaves the registration to the layer, which
+registers once it has loaded. A registration that fails is logged with the reason;
+``MosaicStrategy()`` instances work all the same.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 TARGET = "lightning.pytorch"
-_lock = threading.Lock()
+LAYER = "lightning_mosaic.lightning"
+_lock = threading.RLock()  # the layer registers from inside a registration that imports it
 
 
 def register_when_lightning_loads() -> None:
@@ -30,7 +33,22 @@ def register_when_lightning_loads() -> None:
             sys.meta_path.insert(0, _AfterImport())
 
 
-def _register() -> None:
+def _loading_ours() -> bool:
+    """True while the Lightning layer of this package is itself being imported (it imports Lightning
+    on its way): it registers when it has loaded (``lightning_mosaic/lightning/__init__.py``)."""
+    module = sys.modules.get(LAYER)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def register_from_layer() -> None:
+    """The Lightning layer has loaded (and with it Lightning): register now."""
+    with _lock:
+        _register(from_layer=True)
+
+
+def _register(from_layer: bool = False) -> None:
+    if not from_layer and _loading_ours():
+        return
     try:
         from lightning.pytorch.strategies import StrategyRegistry
 
