@@ -1,15 +1,89 @@
-"""Writing the project's JSON files: parent directories created, never half-written."""
+"""The project's files: JSON read strictly (every problem names its source), written atomically."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from typing import Any
+
+
+class FormatError(ValueError):
+    """A file or stored entry that is not what it should be; the message names where it came from."""
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON data in ``path`` (a ``what``: "profile", "plan file", ...), read strictly: a file that
+    cannot be read, is not UTF-8 text or is not JSON is a :class:`FormatError` naming it."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise FormatError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FormatError(
+            f"{what} {path} is not UTF-8 text (byte {err.start} is {raw[err.start : err.start + 1]!r})"
+        ) from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FormatError(
+            f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from err
+
+
+def expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    """``value`` when it is a ``kind`` (bools are not numbers), else a :class:`FormatError` saying what
+    ``where`` holds instead."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise FormatError(f"{where} must be {names}, got {got}: {_short(value)}")
+    return value
+
+
+_JSON_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def _short(value: Any, most: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, creating the directory."""
+    """Write ``text`` to ``path`` atomically: a unique temporary file in the same directory, flushed
+    to disk, then renamed over ``path`` (concurrent writers never mix their bytes, readers never see
+    half a file); the temporary file is removed when anything fails. The directory is created."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

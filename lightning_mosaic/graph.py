@@ -8,9 +8,12 @@ with :meth:`ModuleGraph.from_edges` or traced from one real step
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from lightning_mosaic._files import FormatError, expect, read_json
 
 SCHEMA_VERSION = 1
 
@@ -265,26 +268,47 @@ class ModuleGraph:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModuleGraph:
+    def from_dict(cls, data: Any, source: str = "module graph") -> ModuleGraph:
+        """A graph from :meth:`to_dict` data, checked: a ``FormatError`` (a ``ValueError``) names
+        ``source`` and the field."""
+        expect(data, dict, source)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"module graph schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            raise FormatError(
+                f"{source}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
             )
-        return cls(
-            inputs=dict(data["inputs"]),
-            frozen=list(data.get("frozen", [])),
-            calls=dict(data.get("calls", {})),
-            parameters=dict(data.get("parameters", {})),
-            effects=dict(data.get("effects", {})),
-        )
+        inputs = expect(data.get("inputs"), dict, f"{source}: 'inputs'")
+        for name, deps in inputs.items():
+            for i, dep in enumerate(expect(deps, list, f"{source}: inputs[{name!r}]")):
+                expect(dep, str, f"{source}: inputs[{name!r}][{i}]")
+        for key, kind in (("frozen", list), ("calls", dict), ("parameters", dict), ("effects", dict)):
+            expect(data.get(key, kind()), kind, f"{source}: {key!r}")
+        try:
+            return cls(
+                inputs=dict(inputs),
+                frozen=list(data.get("frozen", [])),
+                calls=dict(data.get("calls", {})),
+                parameters=dict(data.get("parameters", {})),
+                effects=dict(data.get("effects", {})),
+            )
+        except (TypeError, ValueError) as err:
+            raise FormatError(f"{source}: {err}") from err
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> ModuleGraph:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "module graph") -> ModuleGraph:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise FormatError(f"{source} is not valid JSON: {err}") from err
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModuleGraph:
+        """Read a graph file; an unreadable or malformed one is a ``FormatError`` naming it."""
+        return cls.from_dict(read_json(path, "module graph file"), f"module graph file {os.fspath(path)}")
 
     def _check(self, name: str) -> None:
         if name not in self.inputs:

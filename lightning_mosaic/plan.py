@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import write_text
+from lightning_mosaic._files import FormatError, expect, read_json, write_text
 
 if TYPE_CHECKING:
     from lightning_mosaic.graph import ModuleGraph
@@ -211,41 +211,75 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+    def from_dict(cls, data: Any, source: str = "plan") -> Plan:
+        """A plan from :meth:`to_dict` data, checked field by field: a ``FormatError`` (a
+        ``ValueError``) names ``source`` and the field."""
+        expect(data, dict, source)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"plan schema version {version!r} is not supported (expected {SCHEMA_VERSION})")
-        return cls(
-            phases=tuple(Phase(quotas=dict(q)) for q in data["phases"]),
-            micro_batches=data.get("micro_batches", 1),
-            device=data.get("device", "unknown"),
-            method=data.get("method", "temporal"),
-            predicted_step_s=data.get("predicted_step_s"),
-            predicted_temporal_s=data.get("predicted_temporal_s"),
-            predicted_peak_bytes=data.get("predicted_peak_bytes"),
-            notes=tuple(data.get("notes", ())),
-            lookahead=tuple(data.get("lookahead", ())),
-            measured_step_s=data.get("measured_step_s"),
-            measured_temporal_s=data.get("measured_temporal_s"),
-        )
+            raise FormatError(
+                f"{source}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        phases = expect(data.get("phases"), list, f"{source}: 'phases'")
+        for i, phase in enumerate(phases):
+            expect(phase, dict, f"{source}: phases[{i}]")
+            for name, quota in phase.items():
+                expect(quota, (int, type(None)), f"{source}: phases[{i}][{name!r}] (a quota)")
+        number = (int, float, type(None))
+        fields = {
+            "micro_batches": int,
+            "device": str,
+            "method": str,
+            "predicted_step_s": number,
+            "predicted_temporal_s": number,
+            "predicted_peak_bytes": (int, type(None)),
+            "measured_step_s": number,
+            "measured_temporal_s": number,
+            "notes": list,
+            "lookahead": list,
+        }
+        for key, kind in fields.items():
+            if key in data:
+                expect(data[key], kind, f"{source}: {key!r}")
+        for key in ("notes", "lookahead"):
+            for i, item in enumerate(data.get(key, ())):
+                expect(item, str, f"{source}: {key}[{i}]")
+        try:
+            return cls(
+                phases=tuple(Phase(quotas=dict(q)) for q in phases),
+                micro_batches=data.get("micro_batches", 1),
+                device=data.get("device", "unknown"),
+                method=data.get("method", "temporal"),
+                predicted_step_s=data.get("predicted_step_s"),
+                predicted_temporal_s=data.get("predicted_temporal_s"),
+                predicted_peak_bytes=data.get("predicted_peak_bytes"),
+                notes=tuple(data.get("notes", ())),
+                lookahead=tuple(data.get("lookahead", ())),
+                measured_step_s=data.get("measured_step_s"),
+                measured_temporal_s=data.get("measured_temporal_s"),
+            )
+        except (TypeError, ValueError) as err:
+            raise FormatError(f"{source}: {err}") from err
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise FormatError(f"{source} is not valid JSON: {err}") from err
+        return cls.from_dict(data, source)
 
     def save(self, path: str | os.PathLike) -> None:
         write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        try:
-            with open(path) as f:
-                return cls.from_json(f.read())
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot read plan file {os.fspath(path)!r}: {err}") from err
+        """Read a plan file; an unreadable, non-UTF-8, non-JSON or malformed one is a ``FormatError``
+        (a ``ValueError``) naming it."""
+        return cls.from_dict(read_json(path, "plan file"), f"plan file {os.fspath(path)}")
 
 
 def temporal_plan(graph: ModuleGraph, device: str = "cpu", notes: Iterable[str] = ()) -> Plan:

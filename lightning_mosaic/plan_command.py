@@ -84,13 +84,15 @@ def main(argv: Sequence[str]) -> int:
             f" planning for {device.name} ({device.sm_count} SMs) at batch {args.batch_size} extrapolates:"
             " add --what-if to do it anyway"
         )
-    if args.graph:
-        with open(args.graph) as f:
-            graph = ModuleGraph.from_json(f.read())
-    elif profile.graph is not None:
-        graph = ModuleGraph.from_dict(profile.graph)
-    else:
-        parser.error(f"{args.profile} holds no module graph; pass --graph GRAPH.json")
+    try:
+        if args.graph:
+            graph = ModuleGraph.load(args.graph)
+        elif profile.graph is not None:
+            graph = ModuleGraph.from_dict(profile.graph, f"the module graph in {args.profile}")
+        else:
+            parser.error(f"{args.profile} holds no module graph; pass --graph GRAPH.json")
+    except ValueError as err:
+        parser.exit(1, f"lightning-mosaic plan: {err}\n")
     from lightning_mosaic.perfmodel import PerfModel  # scikit-learn: after the arguments are parsed
 
     model = PerfModel().fit(profile)

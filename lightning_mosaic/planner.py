@@ -135,8 +135,20 @@ def plan(
         )
     if nothing_fits or best[0] > base_timeline.step_s * (1 - MIN_GAIN):
         notes = []
-        if nothing_fits:
-            notes.append(f"no plan searched keeps its activations within {MEMORY_HEADROOM:.0%} of memory")
+        if nothing_fits and evaluate.simulated():
+            leanest_peak, leanest = evaluate.leanest()
+            notes.append(
+                f"every plan searched that runs units side by side needs more than {MEMORY_HEADROOM:.0%} of"
+                f" {device.name}'s {device.memory_bytes / 2**30:.2f} GiB for its predicted activations (the"
+                f" leanest {leanest_peak / 2**30:.2f} GiB, with {leanest} micro-batch"
+                f"{'es' if leanest > 1 else ''}); the temporal plan needs"
+                f" {base_timeline.peak_bytes / 2**30:.2f} GiB"
+            )
+        elif nothing_fits:
+            notes.append(
+                f"no split of {device.name}'s {device.sm_count} {device.unit_label} gives every unit of a"
+                f" phase its smallest quota ({min(options)})"
+            )
         else:
             gain = 1 - best[0] / base_timeline.step_s
             notes.append(
@@ -223,6 +235,10 @@ class _Evaluator:
             known = self._results[(k, ahead, quotas)]
         assert known[1] is not None
         return known[1]
+
+    def simulated(self) -> bool:
+        """Some candidate was simulated in full."""
+        return any(exact and peak is not None for _, peak, exact in self._results.values())
 
     def leanest(self) -> tuple[int, int]:
         """The smallest peak simulated in full, and its micro-batch count."""

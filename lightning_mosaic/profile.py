@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import write_text
+from lightning_mosaic._files import FormatError, read_json, write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ SCHEMA_VERSION = 1
 PASSES = ("forward", "backward")
 
 
-class ProfileError(ValueError):
+class ProfileError(FormatError):
     """A profile file that cannot be read, or data that does not follow the profile schema."""
 
 
@@ -184,14 +184,9 @@ class Profile:
         """Read a profile file; an unreadable, non-JSON or invalid file is a ``ProfileError`` naming it."""
         path = os.fspath(path)
         try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as err:
-            raise ProfileError(f"cannot read profile {path}: {err.strerror or err}") from err
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ProfileError(f"profile {path} is not valid JSON: {err}") from err
+            data = read_json(path, "profile")
+        except FormatError as err:
+            raise ProfileError(str(err)) from err
         try:
             return cls.from_dict(data)
         except ProfileError as err:

@@ -50,7 +50,7 @@ from lightning_mosaic.microbatch import batch_size as default_batch_size
 from lightning_mosaic.perfmodel import MAX_MAPE, PerfModel, too_wrong
 from lightning_mosaic.plan import Plan, concurrent_plan, temporal_plan
 from lightning_mosaic.planner import plan as search_plan
-from lightning_mosaic.profile import Profile, fingerprint, precision_of
+from lightning_mosaic.profile import Profile, ProfileError, fingerprint, precision_of
 from lightning_mosaic.profiler import DEFAULT_FRACTIONS, InputCapture, profile_units
 from lightning_mosaic.selection import called_units, check_names, select_modules
 from lightning_mosaic.tracing import Tracer
@@ -99,7 +99,18 @@ class ProfileSettings:
 
     def __post_init__(self) -> None:
         if self.path is not None:
+            if not isinstance(self.path, (str, os.PathLike)):
+                raise TypeError(
+                    f"the profile path must be a file path (str or os.PathLike) or None, got"
+                    f" {type(self.path).__name__}: {self.path!r}"
+                )
             object.__setattr__(self, "path", os.fspath(self.path))
+            if not self.path or os.path.isdir(self.path):
+                raise ValueError(
+                    f"the profile path {self.path!r} must name a file (not empty, not a directory)"
+                )
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress={self.progress!r} must be True or False")
         _whole("warmup_steps", self.warmup_steps, 0, "steps")
         _whole("warmup", self.warmup, 0, "runs")
         _whole("repeats", self.repeats, 1, "runs")
@@ -278,7 +289,7 @@ class Session:
             self._adopt(self.plan_source.modules)  # a plan made for the parts of automatic units
             self._set_plan(self.plan_source)
         elif restored and restored.get("plan") is not None and self.plan_source == "auto":
-            self._restore_plan(Plan.from_dict(restored["plan"]))  # a plan given by hand wins
+            self._restore_plan(restored["plan"])  # a plan given by hand wins
         if self.planned and self.plan is not None:
             self.plan.check_units(list(self.units))
             self._set_plan(self._checked_lookahead(self.plan, given=isinstance(self.plan_source, Plan)))
@@ -298,9 +309,12 @@ class Session:
         else:
             candidates = []
             if restored and restored.get("profile") is not None:
-                candidates.append(("the checkpoint", Profile.from_dict(restored["profile"])))
+                candidates.append(("the checkpoint", restored["profile"]))
             if self.settings.path is not None and os.path.exists(self.settings.path):
-                candidates.append((self.settings.path, Profile.load(self.settings.path)))  # corrupt: raises
+                try:
+                    candidates.append((self.settings.path, Profile.load(self.settings.path)))
+                except ProfileError as err:
+                    log.warning(f"{err}; it is not reused, and a new profile replaces it")
             found = self._matching(candidates)
             if found is not None:
                 self._use_profile(found, reused=True)
@@ -486,15 +500,18 @@ class Session:
             "profile": self.profile.to_dict() if self.profile is not None else None,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take a checkpoint's plan and profile: at :meth:`start`, or at once when started already."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"a session state is a mapping, got {type(state).__name__}")
+    def load_state_dict(self, state: Any, source: str = "the checkpoint") -> None:
+        """Take a checkpoint's plan and profile: at :meth:`start`, or at once when started already.
+
+        The entries are checked; one that is malformed (``source`` names where it came from) is
+        ignored with a warning: what it held is made again.
+        """
+        state = _stored_state(state, source)
         if not self._started:
-            self._restored = dict(state)
+            self._restored = state
             return
         if state.get("plan") is not None and self.plan_source == "auto":
-            self._restore_plan(Plan.from_dict(state["plan"]))
+            self._restore_plan(state["plan"])
             if self.planned:
                 self.plan.check_units(list(self.units))
                 self._set_plan(self._checked_lookahead(self.plan))
@@ -504,7 +521,7 @@ class Session:
                     self.stage = Stage.OFF
                 self._engage()
         if state.get("profile") is not None and self.stage is Stage.WARMUP:  # still wanted
-            found = self._matching([("the checkpoint", Profile.from_dict(state["profile"]))])
+            found = self._matching([(source, state["profile"])])
             if found is not None:
                 self.abort()
                 self._use_profile(found, reused=True)
@@ -954,28 +971,36 @@ class Session:
         """Write the plan (with the profile and the timeline) to ``out_dir`` on the main process."""
         if not self.is_main or self.out_dir is None or self.plan is None:
             return
-        self.plan.save(os.path.join(self.out_dir, PLAN_FILE))
-        written = [PLAN_FILE]
-        if self.profile is not None:
-            target = os.path.join(self.out_dir, PROFILE_FILE)
+        out_dir, plan, profile, model = self.out_dir, self.plan, self.profile, self.perf_model
+        written = []
+
+        def write(name: str, save: Callable[[str], Any]) -> None:
+            try:
+                save(os.path.join(out_dir, name))
+                written.append(name)
+            except ImportError as err:
+                warn_once(log, f"unwritten-{name}", f"{name} is not written: {err}")
+            except Exception as err:  # an optional output: training goes on
+                warn_once(
+                    log,
+                    f"unwritten-{name}-{out_dir}",
+                    f"{name} could not be written to {out_dir} ({type(err).__name__}: {err});"
+                    " training goes on",
+                )
+
+        write(PLAN_FILE, plan.save)
+        if profile is not None:
+            target = os.path.join(out_dir, PROFILE_FILE)
             if os.path.abspath(target) != os.path.abspath(self.settings.path or ""):
-                self.profile.save(target)
-            written.append(PROFILE_FILE)
-            if self.perf_model is not None:
+                write(PROFILE_FILE, profile.save)
+            else:
+                written.append(PROFILE_FILE)
+            if model is not None:
                 from lightning_mosaic.viz import draw_plan
 
-                try:
-                    draw_plan(
-                        graph,
-                        self.perf_model,
-                        self.plan,
-                        self.profile.batch_size,
-                        os.path.join(self.out_dir, TIMELINE_FILE),
-                    )
-                    written.append(TIMELINE_FILE)
-                except ImportError as err:
-                    warn_once(log, "plan-timeline", f"the plan's timeline is not drawn: {err}")
-        log.info(f"{', '.join(written)} written to {self.out_dir}")
+                write(TIMELINE_FILE, lambda path: draw_plan(graph, model, plan, profile.batch_size, path))
+        if written:
+            log.info(f"{', '.join(written)} written to {out_dir}")
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -1037,6 +1062,27 @@ def micro_batch_cap(model: Any) -> int | None:
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise ValueError(f"{type(model).__name__}.{CAP} = {cap!r}; it must be a whole number >= 1")
     return cap
+
+
+def _stored_state(state: Any, source: str) -> dict[str, Any]:
+    """A session state from a checkpoint as ``{"plan": Plan | None, "profile": Profile | None}``; a
+    malformed entry is left out with a warning naming ``source``."""
+    if not isinstance(state, Mapping):
+        log.warning(
+            f"{source}'s mosaic state is not a mapping but {type(state).__name__}; it is ignored (the plan"
+            " and the profile are made again)"
+        )
+        return {}
+    out: dict[str, Any] = {}
+    for key, parse in (("plan", Plan.from_dict), ("profile", Profile.from_dict)):
+        value = state.get(key)
+        if value is None:
+            continue
+        try:
+            out[key] = parse(value) if not isinstance(value, (Plan, Profile)) else value
+        except ValueError as err:
+            log.warning(f"{source}'s mosaic {key} is not valid ({err}); it is ignored and made again")
+    return out
 
 
 def _listed(names: list[str], most: int = 3) -> str:

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_mosaic.session as session_module
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
-from lightning_mosaic.profile import Profile, ProfileError, validate
+from lightning_mosaic.profile import Profile, validate
 
 FAST = dict(warmup_steps=2, warmup=1, repeats=2, max_seconds=30, progress=False)
 UNITS = ["vision", "audio", "vision_proj", "audio_proj", "llm"]
@@ -92,14 +92,20 @@ def test_a_profile_of_another_precision_is_not_reused(tmp_path, caplog):
     assert not again.reused and again.profile.fingerprint["precision"].startswith("bf16-mixed")
 
 
-def test_a_corrupt_profile_file_is_an_error_naming_it(tmp_path):
+def test_a_corrupt_profile_file_is_named_and_replaced_by_a_new_profile(tmp_path, caplog):
     path = tmp_path / "mosaic_profile.json"
-    path.write_text('{"schema_version": 1, "samples": [')
-    with pytest.raises(ProfileError, match=f"profile {path} is not valid JSON"):
-        fit([MosaicProfiler(**FAST)], tmp_path)
-    path.write_text(json.dumps({"schema_version": 1, "device": "cpu"}))
-    with pytest.raises(ProfileError, match=f"profile {path} is not a valid profile: profile misses"):
-        fit([MosaicProfiler(**FAST)], tmp_path)
+    for text, message in [
+        ('{"schema_version": 1, "samples": [', f"profile {path} is not valid JSON"),
+        (json.dumps({"schema_version": 1, "device": "cpu"}), f"profile {path} is not a valid profile"),
+        (b"\xff\xfe{}", f"profile {path} is not UTF-8 text (byte 0 is b'\\xff')"),
+        ("[1, 2]", f"profile {path} is not a valid profile: profile must be an object"),
+    ]:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+            fit([MosaicProfiler(**FAST)], tmp_path)
+        assert message in caplog.text and "it is not reused, and a new profile replaces it" in caplog.text
+        assert Profile.load(path).module_names, "a new profile was measured and written"
 
 
 @pytest.mark.parametrize("strategy", ["auto", "mosaic"])

@@ -165,3 +165,33 @@ def test_plan_needs_a_graph(tmp_path, capsys):
 
     graph.write_text(ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_json())
     assert main(["plan", str(profile), "--batch-size", "32", "--graph", str(graph)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["demo", "--quota", "nosuch=8", "--steps", "1"],
+            "lightning-mosaic demo: error: ValueError: `quotas` names unknown modules ['nosuch']",
+        ),
+        (
+            ["demo", "--accelerator", "gpu", "--steps", "1"],
+            "lightning-mosaic demo: error: MisconfigurationException: No supported gpu backend found!",
+        ),
+    ],
+)
+def test_an_error_is_one_line_and_exit_status_1(argv, message, capsys, monkeypatch):
+    import torch
+
+    if "gpu" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("LIGHTNING_MOSAIC_TRACEBACK", raising=False)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(message) and err[-1].endswith(
+        "(LIGHTNING_MOSAIC_TRACEBACK=1 shows the traceback)"
+    )
+    assert not any(line.startswith("Traceback") for line in err)
+    monkeypatch.setenv("LIGHTNING_MOSAIC_TRACEBACK", "1")
+    with pytest.raises(Exception, match=message.split(": ", 3)[-1][:30].replace("[", r"\[")):
+        main(argv)

@@ -67,12 +67,43 @@ def test_json_round_trip_and_files(tmp_path):
 def test_unreadable_plan_file_names_the_file(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match=r"cannot read plan file '.*plan.json': Expecting property name"):
+    with pytest.raises(ValueError, match=r"plan file .*plan.json is not valid JSON: Expecting property name"):
         Plan.load(path)
-    with pytest.raises(ValueError, match=r"cannot read plan file '.*missing.json'"):
+    with pytest.raises(ValueError, match=r"cannot read plan file .*missing.json: No such file"):
         Plan.load(tmp_path / "missing.json")
     path.write_text('{"schema_version": 7, "phases": []}')
-    with pytest.raises(ValueError, match=r"plan schema version 7 is not supported \(expected 1\)"):
+    with pytest.raises(
+        ValueError, match=r"plan file .*plan.json: schema version 7 is not supported \(expected 1\)"
+    ):
+        Plan.load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff{}", r"is not UTF-8 text \(byte 0 is b'\\xff'\)"),
+        (b"[]", r"plan file .*plan.json must be an object, got a list: \[\]"),
+        (b'{"schema_version": 1, "phases": {"vision": 8}}', r"'phases' must be a list, got an object"),
+        (b'{"schema_version": 1, "phases": [["vision"]]}', r"phases\[0\] must be an object, got a list"),
+        (
+            b'{"schema_version": 1, "phases": [{"vision": "8"}]}',
+            r"phases\[0\]\['vision'\] \(a quota\) must be",
+        ),
+        (
+            b'{"schema_version": 1, "phases": [{"vision": true}]}',
+            r"must be an integer or null, got true or false",
+        ),
+        (
+            b'{"schema_version": 1, "phases": [{"a": null}], "micro_batches": 0}',
+            r"plan file .*: micro_batches must be an int >= 1, got 0",
+        ),
+        (b'{"schema_version": 1, "phases": [{"a": null}], "lookahead": "a"}', r"'lookahead' must be a list"),
+    ],
+)
+def test_a_malformed_plan_file_is_an_error_naming_the_file_and_the_field(tmp_path, content, message):
+    path = tmp_path / "plan.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
         Plan.load(path)
 
 

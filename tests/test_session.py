@@ -297,3 +297,35 @@ def test_a_profile_that_cannot_be_written_is_said_and_training_goes_on(tmp_path,
         train(model, session)
     assert session.planned and session.profile is not None
     assert "the profile could not be written to" in caplog.text and "training goes on" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("not a mapping", "the checkpoint's mosaic state is not a mapping but str"),
+        ({"plan": {"schema_version": 1, "phases": "vision"}}, "the checkpoint's mosaic plan is not valid"),
+        ({"plan": [1]}, "mosaic plan is not valid (plan must be an object, got a list: [1])"),
+        (
+            {"profile": {"schema_version": 1}},
+            "the checkpoint's mosaic profile is not valid (not a valid profile",
+        ),
+    ],
+)
+def test_a_malformed_checkpoint_entry_is_ignored_and_said(tmp_path, caplog, state, message):
+    model, session = make(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        session.load_state_dict(state)
+        session.start()
+        train(model, session)
+    assert message in caplog.text and session.planned and not session.reused
+
+
+def test_outputs_that_cannot_be_written_are_said_and_training_goes_on(tmp_path, caplog):
+    (tmp_path / "out").write_text("a file where the log directory should be")
+    model, session = make(tmp_path, out_dir=str(tmp_path / "out"))
+    session.start()
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        train(model, session)
+    assert session.planned
+    assert f"mosaic_plan.json could not be written to {tmp_path / 'out'}" in caplog.text
+    assert "training goes on" in caplog.text

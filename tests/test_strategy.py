@@ -72,6 +72,26 @@ def test_constructor_rejects_bad_arguments():
         MosaicStrategy(modules="vision")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"profile_seconds": 0}, ValueError, "max_seconds=0 must be a positive number of seconds"),
+        ({"profile_seconds": "60"}, ValueError, "max_seconds='60' must be a positive number"),
+        ({"warmup_steps": 1.5}, ValueError, "warmup_steps=1.5 must be a whole number of steps"),
+        ({"modules": [1]}, TypeError, "`modules` must hold module names \\(str\\), got int: 1"),
+        ({"profile": 123}, TypeError, "the profile path must be a file path .* got int: 123"),
+        ({"profile": ""}, ValueError, "the profile path '' must name a file"),
+        ({"timeout": 5}, TypeError, "timeout=5 must be a datetime.timedelta"),
+        ({"process_group_backend": 1}, TypeError, "process_group_backend=1 must be a backend name"),
+        ({"micro_batches": 0}, ValueError, "micro_batches=0 must be 'auto'"),
+        ({"quotas": [1]}, TypeError, "`quotas` must map module names to SM counts"),
+    ],
+)
+def test_every_argument_is_checked_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        MosaicStrategy(**kwargs)
+
+
 def test_strategy_pickles_before_setup():
     strategy = pickle.loads(pickle.dumps(MosaicStrategy(modules=["vision", "llm"])))
     assert strategy.module_names == ["vision", "llm"]

@@ -121,6 +121,12 @@ class MosaicStrategy(DDPStrategy):
     ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r} is not one of {', '.join(START_METHODS)}")
+        if timeout is not None and not isinstance(timeout, timedelta):
+            raise TypeError(
+                f"timeout={timeout!r} must be a datetime.timedelta (e.g. timedelta(minutes=30)) or None"
+            )
+        if process_group_backend is not None and not isinstance(process_group_backend, str):
+            raise TypeError(f"process_group_backend={process_group_backend!r} must be a backend name or None")
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
