@@ -133,8 +133,9 @@ def test_a_registration_that_fails_is_logged_and_lightning_still_imports():
         assert "mosaic" not in StrategyRegistry
         """
     )
-    assert "strategy='mosaic' could not be registered with Lightning (ModuleNotFoundError" in done.stderr
-    assert "pass strategy=MosaicStrategy() instead" in done.stderr
+    registered = "strategy='mosaic' could not be registered with lightning.pytorch (ModuleNotFoundError"
+    assert registered in done.stderr
+    assert "pass strategy=lightning_mosaic.lightning.MosaicStrategy() instead" in done.stderr
 
 
 def test_lazy_names():

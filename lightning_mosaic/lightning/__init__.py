@@ -6,4 +6,5 @@ from lightning_mosaic.lightning.strategy import MosaicStrategy
 
 __all__ = ["MosaicProfiler", "MosaicStrategy"]
 
-_registration.register_from_layer()  # Lightning is loaded now; its import hook met this layer half loaded
+# Lightning is loaded now; its import hook met this layer half loaded
+_registration.register_from_layer(__name__)
