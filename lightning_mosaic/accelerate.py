@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic.engine import Backend
 from lightning_mosaic.plan import Plan
 from lightning_mosaic.session import ProfileSettings, Session, check_plan_source
@@ -100,8 +101,8 @@ class _Hooks:
         self.session = mosaic
         self.steps = 0
         self._stack: ExitStack | None = None
-        model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
-        model.register_forward_hook(self._after_forward, always_call=True)
+        model.register_forward_pre_hook(LiveHook(self._before_forward), with_kwargs=True)
+        model.register_forward_hook(LiveHook(self._after_forward), always_call=True)
         inner = {id(o): getattr(o, "optimizer", o) for o in optimizers}  # the torch optimizers, once each
         for optimizer in inner.values():
             optimizer.register_step_pre_hook(self._before_optimizer_step)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lightning_mosaic.devices import PRESETS, DeviceSpec
+from lightning_mosaic.devices import PRESETS, DeviceSpec, unit_label
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.planner import METHODS, plan
 from lightning_mosaic.profile import Profile, ProfileError
@@ -75,13 +75,20 @@ def main(argv: Sequence[str]) -> int:
         device = DeviceSpec.preset(args.device) if args.device else DeviceSpec.from_profile(profile)
     except ValueError as err:
         parser.error(str(err))
+    if device.quota_unit != profile.quota_unit:
+        parser.error(
+            f"the profile was measured on {profile.device} in {unit_label(profile.quota_unit)}; it says"
+            f" nothing about {device.name}, whose quotas are {device.unit_label}: profile on such a device"
+            " (a CPU rehearsal only plans for the CPU it ran on)"
+        )
     other_device = device.name != profile.device or device.sm_count != profile.capacity
     other_batch = args.batch_size != profile.batch_size
     if (other_device or other_batch) and not args.what_if:
         parser.error(
-            f"the profile was measured on {profile.device} ({profile.capacity} SMs)"
-            f" at batch {profile.batch_size};"
-            f" planning for {device.name} ({device.sm_count} SMs) at batch {args.batch_size} extrapolates:"
+            f"the profile was measured on {profile.device}"
+            f" ({profile.capacity} {unit_label(profile.quota_unit)}) at batch {profile.batch_size};"
+            f" planning for {device.name} ({device.sm_count} {device.unit_label}) at batch {args.batch_size}"
+            " extrapolates:"
             " add --what-if to do it anyway"
         )
     try:

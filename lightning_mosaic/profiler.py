@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 import lightning_mosaic.engine.green as green
+from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.clock import Clock
@@ -132,7 +133,7 @@ class InputCapture:
                 autocast=autocast,
             )
 
-        return hook
+        return LiveHook(hook)
 
 
 def _detached_copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -285,11 +285,13 @@ class Session:
             )
             return
         restored, self._restored = self._restored, None
+        from_checkpoint = False
         if isinstance(self.plan_source, Plan) and not self.planned:
             self._adopt(self.plan_source.modules)  # a plan made for the parts of automatic units
             self._set_plan(self.plan_source)
         elif restored and restored.get("plan") is not None and self.plan_source == "auto":
             self._restore_plan(restored["plan"])  # a plan given by hand wins
+            from_checkpoint = self.planned
         if self.planned and self.plan is not None:
             self.plan.check_units(list(self.units))
             self._set_plan(self._checked_lookahead(self.plan, given=isinstance(self.plan_source, Plan)))
@@ -321,6 +323,8 @@ class Session:
             else:
                 self.stage = Stage.WARMUP
         self._engage()
+        if from_checkpoint and restored is not None:
+            self._publish_restored(restored)
 
     @contextmanager
     def step(self, train: bool = True) -> Iterator[None]:
@@ -520,6 +524,7 @@ class Session:
                     self.abort()
                     self.stage = Stage.OFF
                 self._engage()
+                self._publish_restored(state)
         if state.get("profile") is not None and self.stage is Stage.WARMUP:  # still wanted
             found = self._matching([(source, state["profile"])])
             if found is not None:
@@ -705,9 +710,16 @@ class Session:
             reason = f"units {unprofiled} ran in training steps but have no profile (see the warnings above)"
         elif wrong:
             listed = ", ".join(f"{m} {e:.0%}" for m, e in wrong.items())
+            cut = any(note.startswith("stopped by max_seconds") for note in self.profile.notes)
+            hint = (
+                "the profile was cut short: raise profile_seconds"
+                if cut
+                else "its timings are noisy (a shared machine, or units of a few ms at most: the profile"
+                f" took {self.profile.seconds:.1f} s); more repeats help (MosaicProfiler(repeats=...))"
+            )
             reason = (
                 f"the performance model is too wrong to plan from: held-out MAPE {listed} on the critical"
-                f" path, above {MAX_MAPE:.0%} (a noisy profile? raise profile_seconds)"
+                f" path, above {MAX_MAPE:.0%}; {hint}"
             )
         else:
             options: dict[str, Any] = {
@@ -915,6 +927,16 @@ class Session:
         if self.is_main:
             log.info("applying the plan from the checkpoint; not profiling or planning again")
 
+    def _publish_restored(self, state: dict[str, Any]) -> None:
+        """A plan taken from a checkpoint: this run's directory gets it too, with the profile it came
+        from (which the session then reports, when it measures none of its own)."""
+        if self.profile is None and self.stage is Stage.OFF and state.get("profile") is not None:
+            self.profile, self.reused = state["profile"], True
+        graph = self.graph
+        if graph is None and self.profile is not None and self.profile.graph is not None:
+            graph = ModuleGraph.from_dict(self.profile.graph)
+        self._publish(graph or ModuleGraph.from_edges({name: [] for name in self.units}))
+
     def _apply(self, plan: Plan) -> None:
         self._set_plan(plan)
         self._engage()
@@ -965,7 +987,11 @@ class Session:
             return
         self._announced = self.plan
         if self.is_main and self.engine is not None:
-            log.info(f"{self.plan.describe()}\n{self.engine.backend.describe()}")
+            line = self.engine.backend.describe()
+            asked = self.backend if isinstance(self.backend, str) else self.backend.name
+            if self.plan.sequential and asked not in ("auto", "none", self.engine.backend.name):
+                line += f" — the plan runs each unit alone: backend={asked!r} has nothing to run side by side"
+            log.info(f"{self.plan.describe()}\n{line}")
 
     def _publish(self, graph: ModuleGraph) -> None:
         """Write the plan (with the profile and the timeline) to ``out_dir`` on the main process."""

@@ -22,6 +22,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors
 from lightning_mosaic.graph import ModuleGraph
@@ -125,7 +126,7 @@ class Tracer:
             versions = [(t, t._version) for t in iter_tensors((args, kwargs)) if not t.is_inference()]
             self._before.setdefault(name, []).append((versions, _state(module)))
 
-        return hook
+        return LiveHook(hook)
 
     def _post_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -151,7 +152,7 @@ class Tracer:
             elif not returned:
                 self.effects[name] = "returns no tensor"
 
-        return hook
+        return LiveHook(hook)
 
     def graph(self) -> ModuleGraph:
         order = list(self.first_call) + [n for n in self.modules if n not in self.first_call]

@@ -1,8 +1,8 @@
 """Draw simulated steps as Gantt charts: the temporal baseline above, the plan below, one time axis.
 
-Each unit has a lane whose height is proportional to its SM quota (the baseline's lanes are all
-full height); forward tasks and backward tasks are coloured apart and labelled with their
-micro-batch. Needs matplotlib (``pip install "lightning-mosaic[plot]"``).
+Each unit has a lane whose height is proportional to its quota — SMs on a GPU, threads in a CPU
+rehearsal (the baseline's lanes are all full height); forward tasks and backward tasks are coloured
+apart and labelled with their micro-batch. Needs matplotlib (``pip install "lightning-mosaic[plot]"``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ def plot_timelines(
     title: str = "",
     size: tuple[float, float] = (12.0, 7.0),
     dpi: int = 100,
+    unit: str = "SMs",
 ) -> tuple[int, int]:
-    """Write a PNG of ``baseline`` above ``planned`` to ``path``; returns its (width, height) in pixels."""
+    """Write a PNG of ``baseline`` above ``planned`` to ``path``; returns its (width, height) in pixels.
+
+    ``unit`` names what the quotas count (``"SMs"``, ``"threads"``).
+    """
     try:
         import matplotlib
 
@@ -39,7 +43,7 @@ def plot_timelines(
         (axes[0], baseline, f"temporal baseline: {baseline.step_s * 1e3:.2f} ms"),
         (axes[1], planned, f"plan ({planned.label}): {planned.step_s * 1e3:.2f} ms"),
     ):
-        _draw(ax, timeline)
+        _draw(ax, timeline, unit)
         ax.set_title(name, loc="left", fontsize=10)
     axes[1].set_xlabel("time (ms)")
     handles = [Patch(color=colour, label=pass_) for pass_, colour in COLOURS.items()]
@@ -55,14 +59,16 @@ def draw_plan(
     graph: Any, perf_model: Any, plan: Any, batch_size: int, path: str | os.PathLike
 ) -> tuple[int, int]:
     """Simulate one step of the temporal plan and of ``plan`` and draw both to ``path`` (a PNG)."""
+    from lightning_mosaic.devices import unit_label
     from lightning_mosaic.plan import temporal_plan
     from lightning_mosaic.simulator import simulate
 
     baseline = simulate(graph, perf_model, temporal_plan(graph), batch_size)
-    return plot_timelines(baseline, simulate(graph, perf_model, plan, batch_size), path)
+    unit = unit_label(getattr(perf_model, "quota_unit", "sm"))
+    return plot_timelines(baseline, simulate(graph, perf_model, plan, batch_size), path, unit=unit)
 
 
-def _draw(ax: Any, timeline: Timeline) -> None:
+def _draw(ax: Any, timeline: Timeline, unit: str) -> None:
     """One lane per unit, stacked, each as tall as its quota's share of the device."""
     bottom = 0.0
     ticks, labels = [], []
@@ -83,7 +89,7 @@ def _draw(ax: Any, timeline: Timeline) -> None:
                     ha="center", va="center", fontsize=7, color="white",
                 )  # fmt: skip
         ticks.append(bottom + height / 2)
-        labels.append(f"{module} ({max(t.quota for t in tasks)} SMs)")
+        labels.append(f"{module} ({max(t.quota for t in tasks)} {unit})")
         bottom += height
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=8)

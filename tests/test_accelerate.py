@@ -117,3 +117,28 @@ def test_bad_arguments_are_rejected(tmp_path):
         mosaic_accelerate.prepare(accelerator, hf_model(), plan=Plan([Phase({"vision": None})]))
     with pytest.raises(KeyError, match="went through no"):
         mosaic_accelerate.session(Accelerator(cpu=True))
+
+
+def test_a_prepared_model_copies_and_pickles_as_a_plain_model():
+    """EMA copies and ``torch.save(model)`` during the loop: the copy runs outside the session."""
+    import copy
+    import io
+
+    copies = []
+
+    def copy_now(accelerator):
+        [model] = accelerator._models  # the prepared model, carrying the loop's hooks
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        copies.extend([copy.deepcopy(model), torch.load(buffer, weights_only=False)])
+
+    accelerator, model = train(steps=3, mosaic={}, after_prepare=copy_now)
+    s = mosaic_accelerate.session(accelerator)
+    steps, calls = s.engine.steps, dict(s.engine.calls)
+    batch = next(iter(hf_loader()))
+    for twin in copies:
+        twin.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            twin(**batch)
+    assert (s.engine.steps, dict(s.engine.calls)) == (steps, calls), "a copy drove the session"

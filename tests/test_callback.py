@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_mosaic.session as session_module
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
+from lightning_mosaic.lightning.strategy import MosaicStrategy
 from lightning_mosaic.profile import Profile, validate
 
 FAST = dict(warmup_steps=2, warmup=1, repeats=2, max_seconds=30, progress=False)
@@ -155,3 +156,30 @@ def test_bad_arguments():
         MosaicProfiler(warmup_steps=-1)
     with pytest.raises(TypeError, match="did you mean \\['llm'\\]"):
         MosaicProfiler(modules="llm")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own session", "the strategy's session"])
+def test_a_copy_of_the_callback_during_fit_keeps_the_profile_not_the_session(tmp_path, shared):
+    import copy
+    import pickle
+
+    from lightning.pytorch import Callback
+
+    profiler = MosaicProfiler(**FAST)
+    copies = []
+
+    class CopyCallbacks(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if profiler.profile is not None and not copies:
+                copies.extend([copy.deepcopy(profiler), pickle.loads(pickle.dumps(profiler))])
+
+    strategy = MosaicStrategy(backend="cpu") if shared else "auto"
+    fit([profiler, CopyCallbacks()], tmp_path, strategy=strategy)
+    assert (profiler.session.engine is not None) == shared
+    assert len(copies) == 2
+    for twin in copies:
+        assert twin.session is None and twin.profile == profiler.profile
+        assert twin.state_dict() == profiler.state_dict()
+    again = copies[0]
+    fit([again], tmp_path / "again")
+    assert again.reused and again.profile == profiler.profile  # given to a new fit, it is reused

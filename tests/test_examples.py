@@ -8,9 +8,9 @@ from pathlib import Path
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_llava_dotted_modules(capsys):
+def test_llava_dotted_modules(tmp_path, capsys):
     module = runpy.run_path(str(EXAMPLES / "llava_dotted_modules.py"))
-    strategy = module["main"](["--steps", "2"])
+    strategy = module["main"](["--tiny", "--root", str(tmp_path)])
     graph = strategy.graph
     assert graph.inputs == {
         "model.model.vision_tower": [],
@@ -18,7 +18,10 @@ def test_llava_dotted_modules(capsys):
         "model.model.language_model": ["model.model.multi_modal_projector"],
     }
     assert graph.frozen == ["model.model.vision_tower"]
-    assert "Plan for cpu: temporal" in capsys.readouterr().out
+    assert strategy.planned and strategy.session.profile is not None  # the CPU rehearsal of the whole loop
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    assert {"mosaic_plan.json", "mosaic_profile.json"} <= {p.name for p in log_dir.iterdir()}
+    assert f"plan, profile and timeline: {log_dir}" in capsys.readouterr().out
 
 
 def _main(name):

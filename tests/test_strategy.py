@@ -280,7 +280,11 @@ def test_model_without_units_trains_as_plain_lightning(caplog):
 
 def test_state_dict_keys_and_checkpoint_match_plain_lightning(tmp_path):
     plain_model, mosaic_model = demo_model(), demo_model()
-    trainer("auto", max_steps=2).fit(plain_model, demo_data())
+    trainer("auto", max_steps=2, default_root_dir=tmp_path / "plain", enable_checkpointing=True).fit(
+        plain_model, demo_data()
+    )
+    [plain_checkpoint] = list((tmp_path / "plain").rglob("*.ckpt"))
+    tmp_path = tmp_path / "mosaic"
     t = trainer("mosaic", max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
     t.fit(mosaic_model, demo_data())
     assert list(plain_model.state_dict()) == list(mosaic_model.state_dict())
@@ -290,6 +294,10 @@ def test_state_dict_keys_and_checkpoint_match_plain_lightning(tmp_path):
     assert_bitwise_equal(parameters(loaded), parameters(mosaic_model))
     raw = torch.load(checkpoint, weights_only=False)
     assert list(raw["state_dict"]) == list(plain_model.state_dict())
+    # nothing was profiled: the checkpoint is plain Lightning's, key for key (hook tests see no difference)
+    plain_raw = torch.load(plain_checkpoint, weights_only=False)
+    assert list(raw) == list(plain_raw) and "mosaic" not in raw
+    assert list(raw["callbacks"]) == list(plain_raw["callbacks"])
 
 
 @pytest.mark.parametrize(("first", "second"), [("mosaic", "mosaic"), ("mosaic", "auto"), ("auto", "mosaic")])
@@ -587,7 +595,8 @@ def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
     assert Profile.load(directory / "mosaic_profile.json") == session.profile
     assert (directory / "mosaic_plan.png").stat().st_size > 0
     described = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan for ")]
-    assert described == [plan.describe() + "\n" + strategy.engine.backend.describe()]  # logged once
+    assert len(described) == 1, "logged once"
+    assert described[0].startswith(plan.describe() + "\n" + strategy.engine.backend.describe())
     # 2 plain steps, the profiled one, then the plan runs the other 3 (the profiler's replays uncounted).
     assert strategy.engine.calls["llm"] == 3 * strategy.active_micro_batches
 
@@ -609,6 +618,14 @@ def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path,
     t, resumed, _ = _auto_fit(tmp_path / "again", max_steps=8, ckpt_path=checkpoint)
     assert t.global_step == 8 and resumed.planned and resumed.plan == first.plan
     assert resumed.session.stage is Stage.OFF, "nothing left to profile"
+    from pathlib import Path
+
+    from lightning_mosaic.plan import Plan
+    from lightning_mosaic.profile import Profile
+
+    # the resumed run's own log directory holds the plan it applies and the profile it came from
+    assert Plan.load(Path(t.log_dir) / "mosaic_plan.json") == resumed.plan
+    assert Profile.load(Path(t.log_dir) / "mosaic_profile.json") == first.session.profile
 
 
 def test_a_matching_profile_is_reused_and_planned_after_the_timed_warmup(tmp_path, monkeypatch):
@@ -707,3 +724,98 @@ def test_units_with_side_effects_run_alone_race_free_and_said(caplog):
     assert set(t.strategy.graph.effects) == {"net.scale", "net.cache"}
     assert [p.modules for p in t.strategy.plan.phases] == [["net.scale"], ["net.cache"], ["net.head"]]
     assert "unit net.scale changes its input of shape (4, 8) in place" in caplog.text
+
+
+# ---------------------------------------------------------------- copies of the module during fit
+
+
+def test_copies_of_the_module_during_fit_are_plain_modules():
+    """Weight averaging deep-copies the module and ``torch.save(module)`` pickles it while the engine
+    is attached: the copies work and run plainly, outside this run's engine."""
+    import copy
+    import io
+
+    from lightning_mosaic.engine import RecordingBackend
+    from lightning_mosaic.engine.pending import PendingTensor
+
+    seen = {}
+
+    class CopyDuringFit(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step != 2:
+                return
+            engine = trainer.strategy.engine
+            assert engine.attached and engine.backend.concurrent
+            calls = dict(engine.calls)
+            twin = copy.deepcopy(pl_module)
+            buffer = io.BytesIO()
+            torch.save(pl_module, buffer)
+            buffer.seek(0)
+            loaded = torch.load(buffer, weights_only=False)
+            callbacks = copy.deepcopy(trainer.callbacks)
+            x = batch["pixels"]
+            with torch.no_grad(), engine.paused():
+                expected = pl_module.vision(x)
+            with torch.no_grad():
+                seen["outputs"] = [twin.vision(x), loaded.vision(x)]
+            seen["expected"], seen["callbacks"] = expected, callbacks
+            seen["calls"] = (calls, dict(engine.calls))
+
+    t = trainer(
+        MosaicStrategy(backend=RecordingBackend(), quotas={"vision": 32, "audio": 16}),
+        max_steps=3,
+        callbacks=[CopyDuringFit()],
+    )
+    t.fit(demo_model(), demo_data())
+    assert t.global_step == 3
+    for output in seen["outputs"]:
+        assert type(output) is torch.Tensor and type(output) is not PendingTensor
+        assert torch.equal(output, seen["expected"])
+    before, after = seen["calls"]
+    assert before == after, "the copies' calls went through this run's engine"
+    assert len(seen["callbacks"]) == len(t.callbacks)
+
+
+def test_weight_averaging_trains_bitwise_equal_to_plain_lightning(tmp_path):
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    def averaged(strategy):
+        averaging = WeightAveraging()
+        model = hf_model()
+        t = trainer(strategy, max_steps=6, callbacks=[averaging], default_root_dir=tmp_path)
+        t.fit(model, hf_loader())
+        return parameters(model)
+
+    plain = averaged("auto")
+    ours = averaged(MosaicStrategy(backend="cpu", warmup_steps=2, profile_seconds=20))
+    assert_bitwise_equal(plain, ours)
+
+
+def test_one_device_under_a_cluster_environment_is_rank_0_of_1(monkeypatch, tmp_path):
+    """Task 1 of a 2-task SLURM job that trains on one device: plain Lightning trains as rank 0 of 1."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for name, value in dict(
+        SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_PROCID="1", SLURM_LOCALID="1", SLURM_NODEID="0",
+        SLURM_JOB_NAME="train", SLURM_JOB_ID="7", SLURM_NODELIST="node1",
+    ).items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    plain = demo_model()
+    trainer("auto", max_steps=2).fit(plain, demo_data())
+    model = demo_model()
+    t = trainer("mosaic", max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
+    assert isinstance(t.strategy.cluster_environment, SLURMEnvironment)
+    t.fit(model, demo_data())
+    assert (t.global_rank, t.local_rank, t.node_rank, t.world_size) == (0, 0, 0, 1) and t.is_global_zero
+    assert t.global_step == 2 and list(tmp_path.rglob("*.ckpt"))
+    assert_bitwise_equal(parameters(plain), parameters(model))
+
+
+def test_the_log_says_why_a_chosen_backend_is_not_used(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lightning_mosaic"):
+        trainer(MosaicStrategy(backend="cpu", plan="temporal"), max_steps=1).fit(demo_model(), demo_data())
+    assert "engine backend: none (inline" in caplog.text
+    assert "the plan runs each unit alone: backend='cpu' has nothing to run side by side" in caplog.text
+    assert "are ignored" not in caplog.text

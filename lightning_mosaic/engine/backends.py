@@ -113,11 +113,14 @@ class InlineBackend(Backend):
     ) -> None:
         given = {u: q for u, q in quotas.items() if q is not None}
         if given:
-            warn_once(
-                log,
-                f"quotas-inline-{self.name}",
-                f"SM quotas {given} are ignored: backend '{self.name}' runs the units inline on {device}",
-            )
+            self._quotas_inline(given, device)
+
+    def _quotas_inline(self, given: dict[str, int], device: torch.device) -> None:
+        warn_once(
+            log,
+            f"quotas-inline-{self.name}",
+            f"SM quotas {given} are ignored: backend '{self.name}' runs the units inline on {device}",
+        )
 
 
 class CudaStreamBackend(Backend):

@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 
+from lightning_mosaic._logging import get_logger
 from lightning_mosaic.engine.backends import InlineBackend
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -43,6 +46,13 @@ class CpuThreadBackend(InlineBackend):
     def __init__(self, cores: int | None = None) -> None:
         super().__init__()
         self.cores = cores or os.cpu_count() or 1
+
+    def _quotas_inline(self, given: dict[str, int], device: torch.device) -> None:
+        log.info(
+            f"thread quotas {given}: the profiler measured the units under such quotas side by side;"
+            f" in training backend 'cpu' runs them one after another on {device} (a rehearsal of the GPU"
+            " pipeline)"
+        )
 
     def run_parallel(self, tasks: Mapping[str, tuple[Callable[[], Any], int]]) -> dict[str, RegionResult]:
         """Run ``{name: (fn, threads)}`` at once, each in a worker thread with ``threads`` intra-op threads.

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.engine.backends import Backend, InlineBackend
 from lightning_mosaic.engine.pending import PendingTensor, _value, retire
@@ -220,7 +221,7 @@ class Engine:
             backend.set_current(stream)
             return args, kwargs
 
-        return hook
+        return LiveHook(hook)
 
     def _post_hook(self, name: str) -> Callable[[nn.Module, tuple, dict, Any], Any]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -236,7 +237,7 @@ class Engine:
             backend.on_unit_end(name, output)
             return map_tensors(lambda t: self._pending(t, done, stream), output)
 
-        return hook
+        return LiveHook(hook)
 
     def _pending(self, tensor: torch.Tensor, done: Any, stream: Any) -> PendingTensor:
         shell = PendingTensor.wrap(_value(tensor), done, stream, self.backend)

@@ -85,7 +85,9 @@ class MosaicProfiler(Callback):
 
     @property
     def profile(self) -> Profile | None:
-        return self.session.profile if self.session is not None else None
+        if self.session is None:
+            return Profile.from_dict(self.restored) if self.restored is not None else None
+        return self.session.profile
 
     @property
     def perf_model(self) -> PerfModel | None:
@@ -149,6 +151,16 @@ class MosaicProfiler(Callback):
     ) -> None:
         if self._driving:
             self.session.abort()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (``copy.deepcopy`` of the callbacks during ``fit``, a pickle) keeps the settings and the
+        profile measured so far, not the running session: it reports that profile and, given to a
+        new ``fit``, reuses it as a checkpoint's."""
+        state = self.__dict__.copy()
+        if self.session is not None:
+            profile = self.session.profile
+            state.update(session=None, _driving=False, restored=profile.to_dict() if profile else None)
+        return state
 
     def state_dict(self) -> dict[str, Any]:
         profile = self.profile

@@ -155,6 +155,25 @@ class MosaicStrategy(DDPStrategy):
         """Several processes: gradients are all-reduced and data is sharded with a distributed sampler."""
         return self.num_nodes * self.num_processes > 1
 
+    # One process is rank 0 of 1, as under SingleDeviceStrategy, whatever a cluster environment says
+    # (task 1 of 2 of a SLURM job that runs one device per task).
+
+    @property
+    def global_rank(self) -> int:
+        return super().global_rank if self.is_distributed else 0
+
+    @property
+    def local_rank(self) -> int:
+        return super().local_rank if self.is_distributed else 0
+
+    @property
+    def node_rank(self) -> int:
+        return super().node_rank if self.is_distributed else 0
+
+    @property
+    def world_size(self) -> int:
+        return super().world_size if self.is_distributed else 1
+
     def _configure_launcher(self) -> None:
         if self.is_distributed:
             super()._configure_launcher()
@@ -321,8 +340,12 @@ class MosaicStrategy(DDPStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
-        if self.session is not None:
-            checkpoint[CHECKPOINT_KEY] = self.session.state_dict()
+        # What the run learned (a profile, the plan made from it) goes where the strategy writes the
+        # file, as DeepSpeed's adds its client state; with nothing learned the checkpoint is plain
+        # Lightning's, key for key.
+        state = self.session.state_dict() if self.session is not None else None
+        if state is not None and state["profile"] is not None:
+            checkpoint[CHECKPOINT_KEY] = state
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
