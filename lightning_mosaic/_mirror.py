@@ -22,7 +22,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-SOURCE = "lightning_mosaic.lightning"
 MIRROR = "lightning_mosaic.pytorch_lightning"
 _SOURCE_DIR = Path(__file__).resolve().parent / "lightning"
 
