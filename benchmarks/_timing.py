@@ -105,8 +105,10 @@ def training_precision(accelerator: str, asked: str | None) -> str:
 
 
 def quiet_trainer(strategy: Any, accelerator: str, precision: str, steps: int, **kwargs: Any) -> L.Trainer:
-    """One device, ``steps`` training steps, no logger, checkpoints, progress bar or validation."""
+    """One device (unless ``devices=`` says otherwise), ``steps`` training steps, no logger,
+    checkpoints, progress bar or validation."""
     options: dict[str, Any] = dict(
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -116,7 +118,7 @@ def quiet_trainer(strategy: Any, accelerator: str, precision: str, steps: int, *
     )
     options.update(kwargs)
     return L.Trainer(
-        strategy=strategy, accelerator=accelerator, devices=1, precision=precision, max_steps=steps, **options
+        strategy=strategy, accelerator=accelerator, precision=precision, max_steps=steps, **options
     )
 
 

@@ -46,6 +46,7 @@ def plan(
     max_micro_batches: int = 8,
     allow_lookahead: bool = True,
     exact_limit: int = EXACT_LIMIT,
+    resident_bytes: int = 0,
 ) -> Plan:
     """The deployment plan with the shortest simulated step for ``graph`` on ``device``.
 
@@ -59,7 +60,9 @@ def plan(
     split where there are at most ``exact_limit`` of them, and beyond that searches locally from
     four starting splits (see :func:`_local_search`); ``"exhaustive"`` simulates every split (the
     reference; small instances only). The predicted activations must fit
-    ``MEMORY_HEADROOM`` of the device's memory. Frozen sources (``graph.frozen_sources``)
+    ``MEMORY_HEADROOM`` of the device's memory less ``resident_bytes``, what every rank holds
+    besides them (parameters, gradients, optimizer state; per rank under a sharded layout:
+    :func:`lightning_mosaic.sharding.resident_bytes`). Frozen sources (``graph.frozen_sources``)
     may also run one step ahead (``Plan.lookahead``; whole batches only): that variant is searched
     too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
     When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the temporal plan
@@ -87,12 +90,21 @@ def plan(
             max_micro_batches=max_micro_batches,
             allow_lookahead=allow_lookahead,
             exact_limit=exact_limit,
+            resident_bytes=resident_bytes,
         )
         return replace(found, phases=(*found.phases, *(Phase({m: None}) for m in idle))).with_notes(
             f"not called in the traced step, so alone on the whole device: {', '.join(idle)}"
         )
     counts = _micro_batch_counts(batch_size, micro_batches, max_micro_batches)
-    budget = MEMORY_HEADROOM * device.memory_bytes
+    if not isinstance(resident_bytes, int) or resident_bytes < 0:
+        raise ValueError(f"resident_bytes={resident_bytes!r} must be a whole number of bytes, 0 or more")
+    budget = MEMORY_HEADROOM * device.memory_bytes - resident_bytes
+    if budget <= 0:
+        raise ValueError(
+            f"{resident_bytes / 2**30:.2f} GiB resident per rank (parameters, gradients, optimizer state)"
+            f" leave no room for activations in {MEMORY_HEADROOM:.0%} of {device.name}'s"
+            f" {device.memory_bytes / 2**30:.2f} GiB: shard the largest units"
+        )
     counts = _fitting(graph, perf_model, device, batch_size, counts, budget)
     levels = graph.levels()
     evaluate = _Evaluator(graph, perf_model, device, batch_size, budget)

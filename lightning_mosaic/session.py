@@ -177,7 +177,7 @@ class Session:
         broadcast: ``broadcast(obj)`` returns the main process's ``obj`` on every process.
         is_main: whether this process measures, plans and writes files.
         out_dir: where the plan made from a profile is written with the profile and a timeline.
-        notes: notes added to every plan the session makes.
+        notes: notes added to every plan the session applies.
         batch_size_of: the number of samples in a batch (for the profiled batch size).
         on_apply: called with the final plan (None while provisional) each time the engine is attached.
         precision: the precision the model trains in (the framework's name: ``"32-true"``,
@@ -238,6 +238,7 @@ class Session:
         self.is_main = is_main
         self.out_dir = out_dir
         self.notes = tuple(notes)
+        self.unprofilable: str | None = None  # why the units cannot be profiled here (then not planned)
         self.batch_size_of = batch_size_of
         self.on_apply = on_apply
         self.precision = precision
@@ -302,8 +303,13 @@ class Session:
             and not self.planned
             and fitting
             and why_inline(self.backend, self.device) is None
+            and self.unprofilable is None
         )
-        wanted = fitting and (self._planning or self.profile_requested)
+        if self.unprofilable is not None and fitting and self.profile_requested and self.is_main:
+            warn_once(
+                log, f"unprofilable-{self.unprofilable}", f"no profile is measured: {self.unprofilable}"
+            )
+        wanted = fitting and (self._planning or self.profile_requested) and self.unprofilable is None
         if not wanted:
             self.stage = Stage.OFF
         elif self.profile is not None:
@@ -744,7 +750,7 @@ class Session:
         chosen = self._checked_lookahead(replace(chosen, device=here))
         if self.micro_batches is not None:
             chosen = chosen.with_micro_batches(self.micro_batches)
-        return chosen.with_notes(*self.notes)
+        return chosen
 
     def _may_refine(self) -> bool:
         """The units were selected automatically and nothing given by hand names them."""
@@ -871,7 +877,11 @@ class Session:
             elif self.plan_source == "temporal":
                 self._set_plan(temporal_plan(graph, here))
             elif not self._planning:
-                reason = why_inline(self.backend, self.device) or "nothing is profiled outside fit"
+                reason = (
+                    self.unprofilable
+                    or why_inline(self.backend, self.device)
+                    or "nothing is profiled outside fit"
+                )
                 self._set_plan(temporal_plan(graph, here, notes=[f"{reason}: temporal plan"]))
             else:
                 self.plan = temporal_plan(graph, here)  # provisional: the warmup runs plain
@@ -911,7 +921,8 @@ class Session:
     def _set_plan(self, plan: Plan) -> None:
         if self.micro_batches is not None:
             plan = plan.with_micro_batches(self.micro_batches)
-        self.plan, self.planned = plan, True
+        missing = [note for note in self.notes if note not in plan.notes]
+        self.plan, self.planned = plan.with_notes(*missing) if missing else plan, True
 
     def _restore_plan(self, plan: Plan) -> None:
         """Apply the plan a checkpoint holds, unless it was made for another device."""

@@ -46,7 +46,11 @@ def trainer(strategy: Any = "auto", **kwargs: Any) -> L.Trainer:
 
 
 def parameters(model: nn.Module) -> dict[str, Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    """Every parameter, whole (a sharded one gathered from every rank: all ranks must call this)."""
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in model.named_parameters()
+    }
 
 
 def assert_bitwise_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
@@ -190,13 +194,20 @@ class RecordRank(L.Callback):
         self.directory = directory
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning_mosaic.sharding import local_bytes
+
         graph = getattr(trainer.strategy, "graph", None)
         plan = getattr(trainer.strategy, "plan", None)
+        layout = getattr(trainer.strategy, "layout", None)
         torch.save(
             {
                 "params": parameters(pl_module),
                 "graph": graph.to_dict() if graph is not None else None,
                 "plan": plan.to_dict() if plan is not None else None,
+                "layout": layout.to_dict() if layout is not None else None,
+                "local_bytes": {n: local_bytes(m) for n, m in pl_module.named_children()},
+                "batches": trainer.num_training_batches,
+                "sampler": type(trainer.train_dataloader.sampler).__name__,
             },
             f"{self.directory}/rank{trainer.global_rank}.pt",
         )

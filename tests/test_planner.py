@@ -143,6 +143,26 @@ def test_errors_carry_the_numbers():
         plan(graph, AnalyticModel(lambda *a: 1.0, modules=["a"], capacity=16), SMALL, 8)
 
 
+def test_resident_training_state_leaves_less_room_for_activations():
+    """A replicated backbone's weights and optimizer state take memory the activations cannot use;
+    sharded over the ranks they leave enough."""
+    graph = ModuleGraph.from_edges({"a": [], "b": ["a"]})
+    model = AnalyticModel(lambda m, p, b, q: 1.0, lambda m, b: 10**8 * b, modules=["a", "b"], capacity=16)
+    device = DeviceSpec("tiny", 16, 4, 4 * 10**9)
+    assert plan(graph, model, device, 8).predicted_peak_bytes <= 0.9 * 4 * 10**9
+    replicated, sharded = 3 * 10**9, 3 * 10**9 // 4  # the same state, whole or over 4 ranks
+    with pytest.raises(ValueError, match=r"no plan keeps the predicted activations of a batch of 8"):
+        plan(graph, model, device, 8, resident_bytes=replicated)
+    assert (
+        plan(graph, model, device, 8, resident_bytes=sharded).predicted_peak_bytes
+        <= 0.9 * 4 * 10**9 - sharded
+    )
+    with pytest.raises(ValueError, match=r"3.73 GiB resident per rank .* leave no room for activations"):
+        plan(graph, model, device, 8, resident_bytes=4 * 10**9)
+    with pytest.raises(ValueError, match=r"resident_bytes=-1 must be a whole number of bytes"):
+        plan(graph, model, device, 8, resident_bytes=-1)
+
+
 def test_a_slow_frozen_encoder_runs_one_step_ahead():
     graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}, frozen=["vision"])
     model = AnalyticModel(

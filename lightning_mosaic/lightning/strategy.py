@@ -27,11 +27,12 @@ from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 
+from lightning_mosaic._logging import get_logger
 from lightning_mosaic.engine import Backend, Engine, check_backend
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
@@ -46,6 +47,7 @@ from lightning_mosaic.session import (
     check_micro_batches,
     check_plan_source,
 )
+from lightning_mosaic.sharding import Layout, check_shard
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -54,6 +56,22 @@ T = TypeVar("T")
 START_METHODS = ("popen", "spawn", "fork", "forkserver")
 CHECKPOINT_KEY = "mosaic"
 _MICRO_STEPS = "_mosaic_micro_steps"
+log = get_logger(__name__)
+
+
+class _no_gradient_sync:
+    """Gradient accumulation under FSDP2: no reduce-scatter / all-reduce until the last micro-step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        if hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(True)
 
 
 class MosaicStrategy(DDPStrategy):
@@ -85,6 +103,16 @@ class MosaicStrategy(DDPStrategy):
             not use it.
         warmup_steps: plain steps before the profiled one (``plan="auto"``).
         profile_seconds: time budget of the profile (``plan="auto"``).
+        shard: with several processes, the units to shard with FSDP2 (``["llm"]``), ``"auto"`` (the
+            largest units until the training state per rank fits half the device memory) or ``None``
+            (every unit replicated under DDP). Sharded units are ``fully_shard``-ed per transformer
+            block; the others and the rest of the model are replicated on a ``(world, 1)`` mesh.
+            Checkpoints then go through ``torch.distributed.checkpoint`` as under Lightning's
+            ``ModelParallelStrategy``, and the units are not profiled (the plan is temporal unless given).
+        save_distributed_checkpoint: with ``shard``, a sharded checkpoint directory (default) or, with
+            False, one full file that plain Lightning loads.
+        mp_policy: with ``shard``, FSDP2's ``MixedPrecisionPolicy`` for every unit (default: none;
+            the precision plugin's autocast applies as usual).
         start_method: how processes start when there are several devices: ``"popen"`` (re-run the
             script, like ``strategy="ddp"``), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
         process_group_backend: ``torch.distributed`` backend; default gloo on CPU, NCCL on GPU.
@@ -109,6 +137,9 @@ class MosaicStrategy(DDPStrategy):
         profile: str | os.PathLike | None = None,
         warmup_steps: int = 3,
         profile_seconds: float = 60.0,
+        shard: str | Sequence[str] | None = None,
+        save_distributed_checkpoint: bool = True,
+        mp_policy: Any = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -144,6 +175,27 @@ class MosaicStrategy(DDPStrategy):
         self.plan_source = check_plan_source(plan, bool(self.quotas))
         self.micro_batches = check_micro_batches(micro_batches)
         self.settings = ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds)
+        self.shard = check_shard(shard)
+        if self.shard is not None and start_method != "popen":
+            raise ValueError(
+                f"shard={shard!r} needs start_method='popen' (as Lightning's ModelParallelStrategy), not"
+                f" {start_method!r}: spawned processes hand the trained weights back whole, and sharded"
+                " units hold a shard on each rank"
+            )
+        if not isinstance(save_distributed_checkpoint, bool):
+            raise TypeError(
+                f"save_distributed_checkpoint={save_distributed_checkpoint!r} must be True or False"
+            )
+        self._save_distributed_checkpoint = save_distributed_checkpoint
+        if mp_policy is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            if not isinstance(mp_policy, MixedPrecisionPolicy):
+                raise TypeError(
+                    f"mp_policy={mp_policy!r} must be a torch.distributed.fsdp.MixedPrecisionPolicy"
+                )
+        self.mp_policy = mp_policy
+        self.layout: Layout | None = None  # the units' parallel layout once sharded
         self.session: Session | None = None
         self.lookahead: Lookahead | None = None
         self._restored: dict[str, Any] | None = None
@@ -199,9 +251,59 @@ class MosaicStrategy(DDPStrategy):
         self._start_session(trainer)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        return super()._setup_model(model) if self.is_distributed else model
+        if not self.is_distributed:
+            if self.shard is not None:
+                log.info(f"shard={self.shard!r}: one process holds every unit whole; nothing is sharded")
+            return model
+        if self.shard is None:
+            return super()._setup_model(model)
+        return self._shard_model(model)
+
+    def _shard_model(self, model: nn.Module) -> nn.Module:
+        """Shard or replicate each unit with FSDP2 (``sharding.py``) instead of the DDP wrapper."""
+        from lightning_mosaic import sharding
+        from lightning_mosaic.devices import DeviceSpec
+
+        units = select_modules(model, self._configured_modules())
+        memory = DeviceSpec.from_current(self.root_device).memory_bytes if self.shard == "auto" else None
+        chosen = sharding.choose(units, self.shard, self.world_size, memory)
+        self.layout = sharding.apply(
+            model, units, chosen, self.world_size, self.root_device.type, mp_policy=self.mp_policy
+        )
+        if self.is_global_zero:
+            log.info(self.layout.describe())
+        return model
+
+    def _profiler(self) -> MosaicProfiler | None:
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        callbacks = trainer.callbacks if trainer is not None else []
+        return next((c for c in callbacks if isinstance(c, MosaicProfiler)), None)
+
+    def _configured_modules(self) -> Sequence[str] | None:
+        profiler = self._profiler()
+        return self.module_names or (profiler.module_names if profiler is not None else None)
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        """Sharded units load their checkpoint shards in place, after they are sharded."""
+        return self.shard is not None and self.is_distributed
+
+    @property
+    def lightning_restore_optimizer(self) -> bool:
+        """Sharded: ``load_checkpoint`` restores the optimizers' shards itself."""
+        return not (self.shard is not None and self.is_distributed)
+
+    def block_backward_sync(self) -> Any:
+        if self.layout is None:
+            return super().block_backward_sync()
+        return _no_gradient_sync(self.model)
 
     def _register_ddp_hooks(self) -> None:
+        if self.layout is not None:
+            return  # FSDP2 reduces the gradients; no DDP wrapper
+        self._register_comm_hook()
+
+    def _register_comm_hook(self) -> None:
         """On a GPU, every gradient bucket's communication (the user's hook, by default an all-reduce)
         waits for the work queued on the units' streams and the micro-batch lanes.
 
@@ -310,6 +412,13 @@ class MosaicStrategy(DDPStrategy):
             )
         session.settings = settings.in_directory(trainer.default_root_dir)
         session.profile_requested = requested
+        if self.layout is not None:
+            session.notes = (self.layout.describe(),)
+            if self.layout.sharded:
+                session.unprofilable = (
+                    f"units {self.layout.sharded} are sharded: the profiler replays units on one process"
+                    " alone, and FSDP2's collectives need every rank"
+                )
         session.is_main = self.is_global_zero
         session.precision = str(trainer.precision)
         session.out_dir = trainer.log_dir  # every rank: it broadcasts
@@ -337,6 +446,29 @@ class MosaicStrategy(DDPStrategy):
             self.lookahead = Lookahead(self.session.units, list(plan.lookahead), self.session.engine)
             self.lookahead.attach()
 
+    # With sharded units the model's and optimizers' states are FSDP2's (DTensors): they are saved and
+    # loaded as Lightning's ModelParallelStrategy does, through torch.distributed.checkpoint, so its
+    # checkpoints and ours load into each other.
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        if self.layout is None:
+            return super().lightning_module_state_dict()
+        return ModelParallelStrategy.lightning_module_state_dict(self)  # type: ignore[arg-type]
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        if self.layout is None:
+            return super().optimizer_state(optimizer)
+        return ModelParallelStrategy.optimizer_state(self, optimizer)  # type: ignore[arg-type]
+
+    def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
+        if self.layout is None:
+            super().load_model_state_dict(checkpoint, strict=strict)
+        # sharded: loaded in place by load_checkpoint
+
+    def load_optimizer_state_dict(self, checkpoint: Any) -> None:
+        if self.layout is None:
+            super().load_optimizer_state_dict(checkpoint)
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
@@ -346,11 +478,22 @@ class MosaicStrategy(DDPStrategy):
         state = self.session.state_dict() if self.session is not None else None
         if state is not None and state["profile"] is not None:
             checkpoint[CHECKPOINT_KEY] = state
+        if self.layout is not None and self._save_distributed_checkpoint:
+            # a directory of shards, every rank writing its own (ModelParallelStrategy's format)
+            ModelParallelStrategy.save_checkpoint(self, checkpoint, filepath, storage_options)  # type: ignore[arg-type]
+            return
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-        self._restored = checkpoint.get(CHECKPOINT_KEY)
+        if self.layout is not None:
+            checkpoint = ModelParallelStrategy.load_checkpoint(self, checkpoint_path, weights_only)  # type: ignore[arg-type]
+        else:
+            checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        restored = checkpoint.get(CHECKPOINT_KEY)
+        if self.session is not None and restored is not None:
+            self.session.load_state_dict(restored)  # restored after setup: the session has started
+        else:
+            self._restored = restored
         return checkpoint
 
     # ------------------------------------------------------------------ hooks and steps

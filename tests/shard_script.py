@@ -1,0 +1,97 @@
+"""Run by tests/test_sharding.py as a script (Lightning re-runs it once per process).
+
+    python tests/shard_script.py OUT_DIR DEVICES
+
+Trains the tiny demo model on CPU processes (gloo) under DDP, under mosaic with the backbone sharded
+(checkpointing at step 2), resumed from that checkpoint, under Lightning's own FSDP2 path
+(ModelParallelStrategy with ``fully_shard`` in ``configure_model``), and each resumed from the
+other's checkpoint; every rank saves what it ends with.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch
+from helpers import RecordRank, demo_data, demo_model, trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+from lightning_mosaic import MosaicStrategy
+from lightning_mosaic.demo import DemoMultimodalModel
+
+
+class LightningFSDP2(DemoMultimodalModel):
+    """The demo model as a Lightning user shards it with ``fully_shard`` in ``configure_model``: the
+    backbone apart, then the rest with the root (everything sharded over the data-parallel mesh)."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        fully_shard(self.llm, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def lightning_fsdp2(seed: int = 0) -> LightningFSDP2:
+    import lightning as L
+
+    L.seed_everything(seed, verbose=False)
+    return LightningFSDP2("tiny")
+
+
+def main() -> None:
+    import lightning as L
+
+    out, devices = Path(sys.argv[1]), int(sys.argv[2])
+    # two steps per epoch on each rank: the step-2 checkpoint closes an epoch, so resuming is exact
+    steps, data = 4, lambda: demo_data(batch_size=4, steps_per_epoch=2 * devices)
+
+    def run(name, strategy, model, ckpt_path=None, every=None):
+        L.seed_everything(0, verbose=False)  # the distributed sampler's order: the same in every run
+        (out / name).mkdir(parents=True, exist_ok=True)
+        callbacks = [RecordRank(str(out / name))]
+        if every:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=out / name / "ckpt", every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True
+                )
+            )
+        t = trainer(
+            strategy, devices=devices, max_steps=steps, callbacks=callbacks, enable_checkpointing=bool(every)
+        )
+        t.fit(model, train_dataloaders=data(), ckpt_path=ckpt_path)
+
+    run("ddp", DDPStrategy(), demo_model(), every=2)
+    run("ddp_resumed", DDPStrategy(), demo_model(seed=1), out / "ddp/ckpt/epoch=0-step=2.ckpt")
+    run("mosaic", MosaicStrategy(shard=["llm"]), demo_model(), every=2)
+    ours, theirs = out / "mosaic/ckpt/epoch=0-step=2.ckpt", out / "lightning/ckpt/epoch=0-step=2.ckpt"
+    run("mosaic_resumed", MosaicStrategy(shard=["llm"]), demo_model(seed=1), ours)
+    run(
+        "lightning",
+        ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+        lightning_fsdp2(),
+        every=2,
+    )
+    # each loads the other's sharded checkpoint (different initial weights: all must come from it)
+    run(
+        "lightning_resumed",
+        ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+        lightning_fsdp2(seed=1),
+        theirs,
+    )
+    run(
+        "lightning_from_mosaic",
+        ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+        lightning_fsdp2(seed=1),
+        ours,
+    )
+    run("mosaic_from_lightning", MosaicStrategy(shard=["llm"]), demo_model(seed=1), theirs)
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()
