@@ -4,12 +4,15 @@
 
 Trains the tiny demo model on CPU processes (gloo) under DDP, under mosaic with the backbone sharded
 (checkpointing at step 2), resumed from that checkpoint, under Lightning's own FSDP2 path
-(ModelParallelStrategy with ``fully_shard`` in ``configure_model``), and each resumed from the
-other's checkpoint; every rank saves what it ends with.
+(ModelParallelStrategy with ``fully_shard`` in ``configure_model``), each resumed from the other's
+checkpoint, with the engine routing units through the recording backend, and with
+FSDP2's bf16 mixed precision; every rank saves what it ends with.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,9 +22,11 @@ import torch
 from helpers import RecordRank, demo_data, demo_model, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoMultimodalModel
+from lightning_mosaic.engine import RecordingBackend
 
 
 class LightningFSDP2(DemoMultimodalModel):
@@ -47,18 +52,17 @@ def main() -> None:
     import lightning as L
 
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
-    # two steps per epoch on each rank: the step-2 checkpoint closes an epoch, so resuming is exact
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    # two steps per epoch on each rank: the step-2 checkpoint is the last batch of epoch 0
     steps, data = 4, lambda: demo_data(batch_size=4, steps_per_epoch=2 * devices)
 
     def run(name, strategy, model, ckpt_path=None, every=None):
-        L.seed_everything(0, verbose=False)  # the distributed sampler's order: the same in every run
+        L.seed_everything(0, verbose=False)  # every run from the same global seed
         (out / name).mkdir(parents=True, exist_ok=True)
         callbacks = [RecordRank(str(out / name))]
         if every:
             callbacks.append(
-                ModelCheckpoint(
-                    dirpath=out / name / "ckpt", every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True
-                )
+                ModelCheckpoint(dirpath=out / name / "ckpt", every_n_train_steps=every, save_top_k=-1)
             )
         t = trainer(
             strategy, devices=devices, max_steps=steps, callbacks=callbacks, enable_checkpointing=bool(every)
@@ -90,6 +94,20 @@ def main() -> None:
         ours,
     )
     run("mosaic_from_lightning", MosaicStrategy(shard=["llm"]), demo_model(seed=1), theirs)
+    # the engine routing units side by side through the recording backend, next to FSDP2's hooks
+    backend, model = RecordingBackend(), demo_model()
+    with backend.recording():
+        run("recorded", MosaicStrategy(shard=["llm"], plan="concurrent", backend=backend), model)
+    # what the engine launched on each unit's stream (the race checker cannot see the collectives'
+    # writes into reused memory, so its verdict is not asked for here)
+    streams = {}
+    for entry in backend.log:
+        if entry.kind == "launch":
+            streams[entry.stream] = streams.get(entry.stream, 0) + 1
+    (out / "recorded" / f"launches{rank}.json").write_text(json.dumps(streams))
+    # FSDP2's own mixed precision: bf16 compute and all-gathers, fp32 gradient reduction and master weights
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    run("bf16", MosaicStrategy(shard=["llm"], mp_policy=policy), demo_model())
     torch.distributed.barrier()
 
 

@@ -51,7 +51,10 @@ def memory_key(tensor: torch.Tensor) -> int | None:
     """The address of a tensor's storage (views share it), or None for tensors without memory."""
     if tensor.layout != torch.strided or tensor.device.type == "meta" or tensor.numel() == 0:
         return None
-    return tensor.untyped_storage().data_ptr() or None
+    try:
+        return tensor.untyped_storage().data_ptr() or None
+    except (RuntimeError, NotImplementedError):  # freed (FSDP2's unsharded parameters) or no plain storage
+        return None
 
 
 def memory_keys(obj: Any) -> tuple[int, ...]:
