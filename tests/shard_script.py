@@ -98,8 +98,10 @@ def main() -> None:
     backend, model = RecordingBackend(), demo_model()
     with backend.recording():
         run("recorded", MosaicStrategy(shard=["llm"], plan="concurrent", backend=backend), model)
-    # what the engine launched on each unit's stream (the race checker cannot see the collectives'
-    # writes into reused memory, so its verdict is not asked for here)
+    # What the engine launched on each unit's stream. The race checker is not asked: it reports FSDP2's
+    # all-gather copy-in on the caller's stream reading memory a unit's stream wrote just before, which
+    # on a CPU may be freed memory reused across fake streams (CUDA's allocator keeps freed blocks to
+    # their stream); that verdict needs a GPU.
     streams = {}
     for entry in backend.log:
         if entry.kind == "launch":
