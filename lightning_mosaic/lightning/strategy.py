@@ -59,7 +59,7 @@ _MICRO_STEPS = "_mosaic_micro_steps"
 log = get_logger(__name__)
 
 
-class _no_gradient_sync:
+class _NoGradientSync:
     """Gradient accumulation under FSDP2: no reduce-scatter / all-reduce until the last micro-step."""
 
     def __init__(self, model: Any) -> None:
@@ -296,7 +296,7 @@ class MosaicStrategy(DDPStrategy):
     def block_backward_sync(self) -> Any:
         if self.layout is None:
             return super().block_backward_sync()
-        return _no_gradient_sync(self.model)
+        return _NoGradientSync(self.model)
 
     def _register_ddp_hooks(self) -> None:
         if self.layout is not None:
@@ -490,8 +490,8 @@ class MosaicStrategy(DDPStrategy):
         else:
             checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         restored = checkpoint.get(CHECKPOINT_KEY)
-        if self.session is not None and restored is not None:
-            self.session.load_state_dict(restored)  # restored after setup: the session has started
+        if self.layout is not None and self.session is not None and restored is not None:
+            self.session.load_state_dict(restored)  # sharded: restored after setup, the session has started
         else:
             self._restored = restored
         return checkpoint
