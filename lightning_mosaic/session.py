@@ -239,6 +239,7 @@ class Session:
         self.out_dir = out_dir
         self.notes = tuple(notes)
         self.unprofilable: str | None = None  # why the units cannot be profiled here (then not planned)
+        self.resident_bytes = 0  # training state a process holds besides activations (the planner's budget)
         self.batch_size_of = batch_size_of
         self.on_apply = on_apply
         self.precision = precision
@@ -734,6 +735,8 @@ class Session:
             }
             if self.max_micro_batches is not None:
                 options["max_micro_batches"] = self.max_micro_batches
+            if self.resident_bytes:
+                options["resident_bytes"] = self.resident_bytes
             try:
                 chosen = search_plan(
                     graph,

@@ -5,7 +5,7 @@
 Trains the tiny demo model on CPU processes (gloo) under DDP, under mosaic with the backbone sharded
 (checkpointing at step 2), resumed from that checkpoint, under Lightning's own FSDP2 path
 (ModelParallelStrategy with ``fully_shard`` in ``configure_model``), each resumed from the other's
-checkpoint, with the engine routing units through the recording backend, and with
+checkpoint, with the engine routing units through the recording backend (races checked), and with
 FSDP2's bf16 mixed precision; every rank saves what it ends with.
 """
 
@@ -26,7 +26,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoMultimodalModel
-from lightning_mosaic.engine import RecordingBackend
+from lightning_mosaic.engine import RecordingBackend, find_races
+from lightning_mosaic.engine.recording import memory_key
 
 
 class LightningFSDP2(DemoMultimodalModel):
@@ -95,18 +96,20 @@ def main() -> None:
     )
     run("mosaic_from_lightning", MosaicStrategy(shard=["llm"]), demo_model(seed=1), theirs)
     # the engine routing units side by side through the recording backend, next to FSDP2's hooks
-    backend, model = RecordingBackend(), demo_model()
+    backend, model = RecordingBackend(keep_alive=True), demo_model()
     with backend.recording():
         run("recorded", MosaicStrategy(shard=["llm"], plan="concurrent", backend=backend), model)
-    # What the engine launched on each unit's stream. The race checker is not asked: it reports FSDP2's
-    # all-gather copy-in on the caller's stream reading memory a unit's stream wrote just before, which
-    # on a CPU may be freed memory reused across fake streams (CUDA's allocator keeps freed blocks to
-    # their stream); that verdict needs a GPU.
-    streams = {}
+    # What the engine launched on each unit's stream, and the races the checker finds in it. Recorded
+    # with keep_alive: on a CPU freed memory is reused across fake streams (CUDA's allocator keeps a
+    # freed block to its stream), which would show as races of address reuse, not of the program.
+    streams: dict[str, int] = {}
     for entry in backend.log:
         if entry.kind == "launch":
             streams[entry.stream] = streams.get(entry.stream, 0) + 1
-    (out / "recorded" / f"launches{rank}.json").write_text(json.dumps(streams))
+    keys = {memory_key(p.to_local() if hasattr(p, "to_local") else p) for p in model.parameters()} - {None}
+    races = [race.describe(backend.log) for race in find_races(backend.log, keys)]
+    record = {"launches": streams, "races": races}
+    (out / "recorded" / f"streams{rank}.json").write_text(json.dumps(record))
     # FSDP2's own mixed precision: bf16 compute and all-gathers, fp32 gradient reduction and master weights
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     run("bf16", MosaicStrategy(shard=["llm"], mp_policy=policy), demo_model())

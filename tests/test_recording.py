@@ -46,3 +46,25 @@ def test_backward_runs_on_forward_streams_and_returns_synchronised():
         next(r.stream for r in log if r.kind == "record" and r.event == w.event) for w in closing
     }, "when backward() returns, the caller's stream has waited for every stream it used"
     assert engine.backend.current_stream() is engine.backend.caller
+
+
+def test_keep_alive_holds_fresh_results_so_no_address_is_reused_while_recording():
+    import gc
+    import weakref
+
+    layer = torch.nn.Linear(4, 4)
+    backend = RecordingBackend(keep_alive=True)
+    with backend.recording():
+        fresh = layer(torch.ones(2, 4))
+        ref = weakref.ref(fresh)
+        del fresh
+        gc.collect()
+        assert ref() is not None, "a result of a recorded operation was freed while recording"
+        assert not any(t is layer.weight for t in backend._alive), "parameters are not held"
+    gc.collect()
+    assert ref() is None and backend._alive == []  # released when recording ends
+    plain = RecordingBackend()
+    with plain.recording():
+        ref = weakref.ref(layer(torch.ones(2, 4)))
+        gc.collect()
+        assert ref() is None

@@ -69,8 +69,14 @@ class RecordingBackend(Backend):
     summary = "fake streams on the CPU; every launch, record and wait is logged"
     concurrent = True
 
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: bool = False) -> None:
+        """``keep_alive``: hold every tensor the recorded operations return until recording ends, so
+        no freed memory is reused under another tensor (on a CPU the allocator reuses addresses across
+        fake streams, where CUDA's caching allocator keeps a freed block to its stream): a race then
+        reported is one of the recorded program, not of address reuse."""
         super().__init__()
+        self.keep_alive = keep_alive
+        self._alive: list[Any] = []
         self.caller = FakeStream("caller")
         self.autograd = FakeStream("autograd")  # gradient accumulation between backward nodes
         self.current = self.caller
@@ -119,8 +125,11 @@ class RecordingBackend(Backend):
     @contextmanager
     def recording(self) -> Iterator[RecordingBackend]:
         """Log every ATen operation run inside the block as a launch on the current fake stream."""
-        with _LaunchLog(self):
-            yield self
+        try:
+            with _LaunchLog(self):
+                yield self
+        finally:
+            self._alive.clear()
 
     def launches(self, stream: str, phase: str | None = None) -> list[int]:
         """Indices of the launches on ``stream`` (in ``phase``, if given)."""
@@ -151,6 +160,21 @@ class RecordingBackend(Backend):
             Entry("launch", self.current.name, op=str(func), reads=memory_keys((args, kwargs)), writes=writes,
                   phase=self.phase)
         )  # fmt: skip
+
+    def _keep(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        """Hold the fresh tensors an operation returned (not its inputs, views or parameters)."""
+        schema = getattr(func, "_schema", None)
+        if schema is None:
+            return
+        inputs = {id(t) for t in iter_tensors((args, kwargs))}
+        many = isinstance(out, (tuple, list)) and len(schema.returns) > 1
+        for ret, value in zip(schema.returns, out if many else (out,), strict=False):
+            if ret.alias_info is None:
+                self._alive.extend(
+                    t
+                    for t in iter_tensors(value)
+                    if id(t) not in inputs and not isinstance(t, torch.nn.Parameter)
+                )
 
     # ---------------------------------------------------------------- autograd's streams
 
@@ -234,4 +258,6 @@ class _LaunchLog(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.backend._launch(func, args, kwargs, out)
+        if self.backend.keep_alive:
+            self.backend._keep(func, args, kwargs, out)
         return out

@@ -47,7 +47,7 @@ from lightning_mosaic.session import (
     check_micro_batches,
     check_plan_source,
 )
-from lightning_mosaic.sharding import Layout, check_shard
+from lightning_mosaic.sharding import REPLICATED, Layout, check_shard, resident_bytes
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -412,6 +412,8 @@ class MosaicStrategy(DDPStrategy):
             )
         session.settings = settings.in_directory(trainer.default_root_dir)
         session.profile_requested = requested
+        layout = self.layout.units if self.layout is not None else dict.fromkeys(session.units, REPLICATED)
+        session.resident_bytes = resident_bytes(session.units, layout, self.world_size if self.layout else 1)
         if self.layout is not None:
             session.notes = (self.layout.describe(),)
             if self.layout.sharded:
