@@ -115,6 +115,26 @@ def test_one_process_shards_nothing_and_trains_as_plain_lightning(caplog):
 SCRIPT = Path(__file__).parent / "shard_script.py"
 
 
+def _union_of_rank_batches(devices: int, batch_size: int = 4, epochs: int = 2):
+    """What the script's ranks see together at each step: Lightning's shuffled DistributedSampler
+    (seed 0) per rank and epoch, as one batch per step for one process."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from lightning_mosaic.demo import SyntheticMultimodal
+
+    dataset = SyntheticMultimodal("tiny", batch_size * 2 * devices, 0)  # demo_data(4, 2 * devices)
+    steps = []
+    for epoch in range(epochs):
+        per_rank = []
+        for r in range(devices):
+            sampler = DistributedSampler(dataset, num_replicas=devices, rank=r, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            per_rank.append([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
+        steps += [[i for rank in per_rank for i in rank[step]] for step in range(len(per_rank[0]))]
+    return DataLoader(dataset, batch_sampler=steps)
+
+
 @pytest.mark.parametrize("devices", [2, 4])
 def test_sharded_backbone_trains_checkpoints_and_interoperates_with_lightning_fsdp2(tmp_path, devices):
     """CPU processes over gloo (tests/shard_script.py): the backbone sharded, the rest replicated."""
@@ -139,6 +159,11 @@ def test_sharded_backbone_trains_checkpoints_and_interoperates_with_lightning_fs
                 torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=5e-4, msg=name)
 
     ddp = rank("ddp")["params"]
+    # plain single-process training on the union of the ranks' batches, step by step
+    single = demo_model()
+    trainer("auto", max_steps=4).fit(single, _union_of_rank_batches(devices))
+    for name, value in parameters(single).items():
+        torch.testing.assert_close(value, ddp[name], rtol=1e-3, atol=5e-4, msg=name)
     # the same numbers as DDP and as Lightning's own FSDP2 path, on every rank
     for name in ("mosaic", "lightning"):
         for r in range(devices):
