@@ -27,11 +27,16 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise FormatError(
             f"{what} {path} is not UTF-8 text (byte {err.start} is {raw[err.start : err.start + 1]!r})"
         ) from err
+    return parse_json(text, f"{what} {path}")
+
+
+def parse_json(text: str, source: str) -> Any:
+    """The JSON data in ``text``; text that is not JSON is a :class:`FormatError` naming ``source``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise FormatError(
-            f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+            f"{source} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
         ) from err
 
 

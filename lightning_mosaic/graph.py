@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_mosaic._files import FormatError, expect, read_json
+from lightning_mosaic._files import FormatError, expect, parse_json, read_json
 
 SCHEMA_VERSION = 1
 
@@ -299,11 +299,7 @@ class ModuleGraph:
 
     @classmethod
     def from_json(cls, text: str, source: str = "module graph") -> ModuleGraph:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise FormatError(f"{source} is not valid JSON: {err}") from err
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json(text, source), source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModuleGraph:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import FormatError, expect, read_json, write_text
+from lightning_mosaic._files import FormatError, expect, parse_json, read_json, write_text
 
 if TYPE_CHECKING:
     from lightning_mosaic.graph import ModuleGraph
@@ -266,11 +266,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise FormatError(f"{source} is not valid JSON: {err}") from err
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json(text, source), source)
 
     def save(self, path: str | os.PathLike) -> None:
         write_text(path, self.to_json() + "\n")
