@@ -206,8 +206,6 @@ class RecordRank(L.Callback):
                 "plan": plan.to_dict() if plan is not None else None,
                 "layout": layout.to_dict() if layout is not None else None,
                 "local_bytes": {n: local_bytes(m) for n, m in pl_module.named_children()},
-                "batches": trainer.num_training_batches,
-                "sampler": type(trainer.train_dataloader.sampler).__name__,
             },
             f"{self.directory}/rank{trainer.global_rank}.pt",
         )

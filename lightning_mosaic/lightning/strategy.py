@@ -291,7 +291,7 @@ class MosaicStrategy(DDPStrategy):
     @property
     def lightning_restore_optimizer(self) -> bool:
         """Sharded: ``load_checkpoint`` restores the optimizers' shards itself."""
-        return not (self.shard is not None and self.is_distributed)
+        return not self.restore_checkpoint_after_setup
 
     def block_backward_sync(self) -> Any:
         if self.layout is None:
@@ -383,7 +383,7 @@ class MosaicStrategy(DDPStrategy):
         module = self.lightning_module
         fitting = trainer.state.fn == TrainerFn.FITTING
         modules, settings, requested = self.module_names, self.settings, False
-        profiler = next((c for c in trainer.callbacks if isinstance(c, MosaicProfiler)), None)
+        profiler = self._profiler()
         if profiler is not None and fitting:
             settings, requested = profiler.settings, True
             if profiler.module_names is not None:
@@ -413,7 +413,7 @@ class MosaicStrategy(DDPStrategy):
         session.settings = settings.in_directory(trainer.default_root_dir)
         session.profile_requested = requested
         layout = self.layout.units if self.layout is not None else dict.fromkeys(session.units, REPLICATED)
-        session.resident_bytes = resident_bytes(session.units, layout, self.world_size if self.layout else 1)
+        session.resident_bytes = resident_bytes(session.units, layout, self.world_size)
         if self.layout is not None:
             session.notes = (self.layout.describe(),)
             if self.layout.sharded:
