@@ -35,6 +35,7 @@ from torch import nn
 
 from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic.engine import Backend
+from lightning_mosaic.engine.graphs import check_graphs
 from lightning_mosaic.plan import Plan
 from lightning_mosaic.session import ProfileSettings, Session, check_plan_source
 
@@ -53,15 +54,17 @@ def prepare(
     profile: str | os.PathLike | None = None,
     warmup_steps: int = 3,
     profile_seconds: float = 60.0,
+    graphs: str | bool = "auto",
 ) -> Any:
     """``accelerator.prepare(model, *objects)`` with the model's units run under a mosaic plan.
 
     Returns what ``accelerator.prepare`` returns. ``modules``, ``plan`` (``"auto"``, ``"temporal"``,
     a ``Plan`` or a plan file), ``backend``, ``profile`` (default ``<project_dir>/mosaic_profile.json``),
-    ``warmup_steps`` and ``profile_seconds`` mean what they mean for ``MosaicStrategy``. The
+    ``warmup_steps``, ``profile_seconds`` and ``graphs`` mean what they mean for ``MosaicStrategy``. The
     optimizers among ``objects`` get the engine's join before every step.
     """
     source = check_plan_source(plan, choices=PLANS)  # before preparing anything
+    graphs = check_graphs(graphs)
     settings = ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds)
     prepared = accelerator.prepare(model, *objects)
     items = prepared if isinstance(prepared, tuple) else (prepared,)
@@ -78,6 +81,7 @@ def prepare(
         is_main=accelerator.is_main_process,
         notes=[NOTE],
         precision=f"accelerate mixed_precision={accelerator.mixed_precision}",
+        graphs=graphs,
     )
     mosaic.out_dir = os.path.dirname(os.path.abspath(mosaic.settings.path or "."))
     _Hooks(mosaic, items[0], [o for o in items[1:] if isinstance(o, torch.optim.Optimizer)])

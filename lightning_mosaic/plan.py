@@ -64,12 +64,14 @@ class Plan:
     lookahead: tuple[str, ...] = ()  # frozen units computed one step ahead
     measured_step_s: float | None = None  # median step under the plan, timed by the guard
     measured_temporal_s: float | None = None  # median temporal step of the same run
+    graphs: tuple[str, ...] = ()  # units that replay CUDA graphs in training steps
 
     def __post_init__(self) -> None:
         phases = tuple(p if isinstance(p, Phase) else Phase(p) for p in self.phases)
         object.__setattr__(self, "phases", phases)
         object.__setattr__(self, "notes", tuple(self.notes))
         object.__setattr__(self, "lookahead", tuple(self.lookahead))
+        object.__setattr__(self, "graphs", tuple(self.graphs))
         if (
             not isinstance(self.micro_batches, int)
             or isinstance(self.micro_batches, bool)
@@ -85,6 +87,12 @@ class Plan:
         unknown = [name for name in self.lookahead if name not in seen]
         if unknown:
             raise ValueError(f"lookahead names {unknown}, which are in no phase of the plan")
+        unknown = [name for name in self.graphs if name not in seen]
+        if unknown:
+            raise ValueError(f"graphs names {unknown}, which are in no phase of the plan")
+        both = [name for name in self.graphs if name in self.lookahead]
+        if both:
+            raise ValueError(f"units {both} are both computed one step ahead and graphed; a unit may be one")
         if self.lookahead and self.micro_batches != 1:
             raise ValueError(
                 f"lookahead {list(self.lookahead)} needs whole batches, not {self.micro_batches}"
@@ -102,6 +110,11 @@ class Plan:
     def is_temporal(self) -> bool:
         """True when every unit runs alone on the whole device and the batch is not split."""
         return self.micro_batches == 1 and self._one_at_a_time()
+
+    @property
+    def plain(self) -> bool:
+        """True when the plan runs the units exactly as plain PyTorch: sequential, no graphs."""
+        return self.sequential and not self.graphs
 
     @property
     def sequential(self) -> bool:
@@ -191,6 +204,8 @@ class Plan:
             lines.append(
                 f"  one step ahead (frozen, overlapping the previous step): {', '.join(self.lookahead)}"
             )
+        if self.graphs:
+            lines.append(f"  CUDA graphs (one replay per pass in training steps): {', '.join(self.graphs)}")
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -208,6 +223,7 @@ class Plan:
             "lookahead": list(self.lookahead),
             "measured_step_s": self.measured_step_s,
             "measured_temporal_s": self.measured_temporal_s,
+            "graphs": list(self.graphs),
         }
 
     @classmethod
@@ -237,11 +253,12 @@ class Plan:
             "measured_temporal_s": number,
             "notes": list,
             "lookahead": list,
+            "graphs": list,
         }
         for key, kind in fields.items():
             if key in data:
                 expect(data[key], kind, f"{source}: {key!r}")
-        for key in ("notes", "lookahead"):
+        for key in ("notes", "lookahead", "graphs"):
             for i, item in enumerate(data.get(key, ())):
                 expect(item, str, f"{source}: {key}[{i}]")
         try:
@@ -257,6 +274,7 @@ class Plan:
                 lookahead=tuple(data.get("lookahead", ())),
                 measured_step_s=data.get("measured_step_s"),
                 measured_temporal_s=data.get("measured_temporal_s"),
+                graphs=tuple(data.get("graphs", ())),
             )
         except (TypeError, ValueError) as err:
             raise FormatError(f"{source}: {err}") from err

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.graphcost import graphed, pool_bytes
 from lightning_mosaic.plan import Phase, Plan, temporal_plan
 from lightning_mosaic.simulator import _peak, _schedule, _tasks, check_inputs, simulate
 
@@ -47,6 +48,7 @@ def plan(
     allow_lookahead: bool = True,
     exact_limit: int = EXACT_LIMIT,
     resident_bytes: int = 0,
+    graphs: tuple[str, ...] | list[str] = (),
 ) -> Plan:
     """The deployment plan with the shortest simulated step for ``graph`` on ``device``.
 
@@ -67,10 +69,19 @@ def plan(
     too, unless ``allow_lookahead`` is false (a training loop that cannot run it).
     When the best plan is less than ``MIN_GAIN`` faster than the temporal plan, the temporal plan
     is returned (with its predictions).
+
+    ``graphs`` are units that replay CUDA graphs whatever the plan (``graphcost.py``: one replay of
+    host time per pass, their activations in pools for the whole run); every candidate, the
+    temporal one included, is simulated with them, and the plan lists those not computed one step
+    ahead. ``predicted_temporal_s`` stays the plain temporal step (no graphs): what the plan is
+    measured against.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     check_inputs(graph, perf_model, batch_size)
+    unknown = [m for m in graphs if m not in graph.modules]
+    if unknown:
+        raise ValueError(f"graphs {unknown} are not units of the module graph: {graph.modules}")
     if perf_model.capacity != device.sm_count:
         raise ValueError(
             f"the performance model covers {perf_model.capacity} SMs but {device.name} has {device.sm_count};"
@@ -91,6 +102,7 @@ def plan(
             allow_lookahead=allow_lookahead,
             exact_limit=exact_limit,
             resident_bytes=resident_bytes,
+            graphs=[m for m in graphs if m in graph.called],
         )
         return replace(found, phases=(*found.phases, *(Phase({m: None}) for m in idle))).with_notes(
             f"not called in the traced step, so alone on the whole device: {', '.join(idle)}"
@@ -105,9 +117,11 @@ def plan(
             f" leave no room for activations in {MEMORY_HEADROOM:.0%} of {device.name}'s"
             f" {device.memory_bytes / 2**30:.2f} GiB: shard the largest units"
         )
+    plain_model, graphs = perf_model, tuple(graphs)
+    perf_model = graphed(perf_model, graphs)
     counts = _fitting(graph, perf_model, device, batch_size, counts, budget)
     levels = graph.levels()
-    evaluate = _Evaluator(graph, perf_model, device, batch_size, budget)
+    evaluate = _Evaluator(graph, perf_model, device, batch_size, budget, graphs)
     frozen = tuple(graph.frozen_sources)
     variants = [(k, ()) for k in counts]
     if allow_lookahead and frozen and 1 in counts:
@@ -128,11 +142,13 @@ def plan(
             found = _local_search(levels, options, device.sm_count, k, ahead, evaluate, alone, limit)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], k, found[1], ahead)
-    base_timeline = simulate(graph, perf_model, temporal_plan(graph, device.name), batch_size)
+    temporal = replace(temporal_plan(graph, device.name), graphs=graphs)
+    base_timeline = simulate(graph, perf_model, temporal, batch_size)
+    plain_s = simulate(graph, plain_model, temporal_plan(graph, device.name), batch_size).step_s
     base = replace(
-        temporal_plan(graph, device.name),
+        temporal,
         predicted_step_s=base_timeline.step_s,
-        predicted_temporal_s=base_timeline.step_s,
+        predicted_temporal_s=plain_s,
         predicted_peak_bytes=base_timeline.peak_bytes,
     )
     nothing_fits = best is None or best[0] == math.inf
@@ -178,8 +194,9 @@ def plan(
         _make_plan(levels, quotas, k, device, ahead),
         method=method,
         predicted_step_s=step,
-        predicted_temporal_s=base_timeline.step_s,
+        predicted_temporal_s=plain_s,
         predicted_peak_bytes=evaluate.peak(k, ahead, quotas),
+        graphs=tuple(m for m in graphs if m not in ahead),
     )
 
 
@@ -192,9 +209,16 @@ class _Evaluator:
     """
 
     def __init__(
-        self, graph: ModuleGraph, model: CostModel, device: DeviceSpec, batch_size: int, budget: float
+        self,
+        graph: ModuleGraph,
+        model: CostModel,
+        device: DeviceSpec,
+        batch_size: int,
+        budget: float,
+        graphs: tuple[str, ...] = (),
     ) -> None:
         self.graph, self.model, self.batch_size, self.budget = graph, model, batch_size, budget
+        self.graphs = graphs
         self.capacity = device.sm_count
         self.order = [m for level in graph.levels() for m in level]
         self._specs: dict[tuple, Any] = {}
@@ -206,8 +230,12 @@ class _Evaluator:
             spec = _tasks(self.graph, self.model.backward, k, frozenset(ahead))
             slot = {m: i for i, m in enumerate(self.order)}
             size = self.batch_size / k
-            held = [self.model.memory(m, size) if p == "forward" else 0 for m, p, _ in spec.keys]
-            self._specs[(k, ahead)] = (spec, [slot[m] for m, _, _ in spec.keys], held)
+            held = [
+                self.model.memory(m, size) if p == "forward" and m not in self.graphs else 0
+                for m, p, _ in spec.keys
+            ]
+            pools = pool_bytes(self.model, self.graphs, self.batch_size, k)
+            self._specs[(k, ahead)] = (spec, [slot[m] for m, _, _ in spec.keys], held, pools)
         return self._specs[(k, ahead)]
 
     def _time(self, k: int, module: str, pass_: str, quota: int) -> tuple[float, float]:
@@ -225,7 +253,7 @@ class _Evaluator:
         known = self._results.get(key)
         if known is not None and (known[2] or known[0] >= limit):
             return known[0]
-        spec, slots, held = self._spec(k, ahead)
+        spec, slots, held, pools = self._spec(k, ahead)
         per_task = [quotas[s] for s in slots]
         times = [self._time(k, m, p, q) for (m, p, _), q in zip(spec.keys, per_task, strict=True)]
         placed = _schedule(spec, [t[0] for t in times], [t[1] for t in times], per_task, self.capacity, limit)
@@ -233,7 +261,7 @@ class _Evaluator:
             self._results[key] = (limit, None, False)
             return limit
         start, end, _ = placed
-        peak = _peak(spec, start, end, held)
+        peak = _peak(spec, start, end, held) + pools
         value = max(end, default=0.0) if peak <= self.budget else math.inf
         self._results[key] = (value, peak, True)
         return value

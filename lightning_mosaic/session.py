@@ -43,8 +43,10 @@ from lightning_mosaic._logging import get_logger, warn_once
 from lightning_mosaic.clock import Clock, Marks
 from lightning_mosaic.devices import DeviceSpec, device_name
 from lightning_mosaic.engine import Backend, Engine, check_backend, make_backend, why_inline
+from lightning_mosaic.engine.graphs import Capture, capture_for, check_graphs
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.graphcost import launch_bound
 from lightning_mosaic.guard import OTHER, PLAN, STEPS, TEMPORAL, Guard, Verdict
 from lightning_mosaic.microbatch import batch_size as default_batch_size
 from lightning_mosaic.perfmodel import MAX_MAPE, PerfModel, too_wrong
@@ -184,6 +186,10 @@ class Session:
             ``"bf16-mixed"``, ...); a profile measured in another is not reused.
         guard_steps: steps timed under a plan made from a profile before the guard judges it.
         clock: what times the guard's steps (default CUDA events on a GPU, the wall clock on a CPU).
+        graphs: per-unit CUDA graphs (``engine/graphs.py``): ``"auto"`` the units a profile shows to
+            be launch-bound, ``True`` every unit that can be captured, ``False`` none. Units that run
+            alone (``graph.effects``) are never graphed; ``capture`` (default: CUDA graphs on a CUDA
+            device, none elsewhere) makes the graphs.
 
     ``units``, ``engine``, ``graph``, ``stage``, ``profile``, ``perf_model``, ``reused`` (the
     profile was not measured in this run), ``plan``, ``planned`` and ``steps`` tell where it stands.
@@ -212,6 +218,8 @@ class Session:
         precision: str = "32-true",
         guard_steps: int = STEPS,
         clock: Marks | None = None,
+        graphs: str | bool = "auto",
+        capture: Capture | None = None,
     ) -> None:
         self.model_name = type(model).__name__
         self.device = torch.device(device)
@@ -223,6 +231,8 @@ class Session:
         self.backend = check_backend(backend)
         self.quotas = check_quotas(quotas)
         self.micro_batches = check_micro_batches(micro_batches)
+        self.graphs = check_graphs(graphs)
+        self.capture = capture if capture is not None else capture_for(self.device)
         self.max_micro_batches = micro_batch_cap(model)
         self._cap_reason = (
             f"sets {CAP} = {self.max_micro_batches} (its loss couples the samples of a batch, so splitting"
@@ -349,7 +359,7 @@ class Session:
         engine = self.engine
         before = dict(engine.calls) if engine is not None and train else None
         traced = None
-        with engine.step() if engine is not None else nullcontext():
+        with engine.step(train=train) if engine is not None else nullcontext():
             if tracer is not None:
                 tracer.__enter__()
             try:
@@ -656,7 +666,7 @@ class Session:
         data = self._choose(graph).to_dict() if self.is_main else None
         self._apply(Plan.from_dict(self.broadcast(data)))
         self._publish(graph)
-        if not self.plan.sequential:  # a plan that runs units otherwise than plain PyTorch: time it
+        if not self.plan.plain:  # a plan that runs units otherwise than plain PyTorch: time it
             self._guarding, self._plan_settled = True, False
             self.guard.restart_plan()
 
@@ -737,6 +747,8 @@ class Session:
                 options["max_micro_batches"] = self.max_micro_batches
             if self.resident_bytes:
                 options["resident_bytes"] = self.resident_bytes
+            graphs, note = self._graph_units(graph, self.perf_model)
+            options["graphs"] = graphs
             try:
                 chosen = search_plan(
                     graph,
@@ -747,13 +759,45 @@ class Session:
                 )
             except ValueError as err:
                 reason = f"the planner found no plan: {err}"
+            else:
+                chosen = chosen.with_notes(note) if note else chosen
         if chosen is None:
             log.warning(f"{reason}; training with the temporal plan")
-            chosen = temporal_plan(graph, here, notes=[str(reason)])
+            chosen = self._with_graphs(temporal_plan(graph, here, notes=[str(reason)]), graph)
         chosen = self._checked_lookahead(replace(chosen, device=here))
         if self.micro_batches is not None:
             chosen = chosen.with_micro_batches(self.micro_batches)
         return chosen
+
+    def _graph_units(self, graph: ModuleGraph, model: Any = None) -> tuple[list[str], str | None]:
+        """The units to capture as CUDA graphs under ``graphs=`` (from ``model``'s host and device
+        times for ``"auto"``), and a note for the plan (None: nothing to say)."""
+        if self.graphs is False:
+            return [], None
+        candidates = [m for m in graph.called if m not in graph.effects]
+        if self.capture is None:
+            if self.graphs is True:
+                return [], (
+                    f"graphs=True: CUDA graphs need a CUDA device; the units run eagerly on"
+                    f" {device_name(self.device)}"
+                )
+            return [], None
+        if self.graphs is True:
+            return candidates, None
+        if model is None or self.profile is None:
+            return [], None
+        bound = launch_bound(model, candidates, self.profile.batch_size)
+        if not bound:
+            return [], "graphs='auto': no unit is launch-bound (host time under device time): none graphed"
+        return bound, f"graphs='auto': units with host time >= device time replay CUDA graphs: {bound}"
+
+    def _with_graphs(self, plan: Plan, graph: ModuleGraph) -> Plan:
+        """``plan`` with the units ``graphs=True`` captures (a plan made without a profile)."""
+        if self.graphs is not True:
+            return plan
+        units, note = self._graph_units(graph)
+        plan = replace(plan, graphs=tuple(u for u in units if u not in plan.lookahead))
+        return plan.with_notes(note) if note else plan
 
     def _may_refine(self) -> bool:
         """The units were selected automatically and nothing given by hand names them."""
@@ -876,18 +920,22 @@ class Session:
             if self.plan_source == "concurrent":
                 backend = self.engine.backend
                 granted = {u: g.granted for u, g in backend.grants.items() if g.partitioned}
-                self._set_plan(concurrent_plan(graph, granted, here, method=f"{backend.name} backend"))
+                made = concurrent_plan(graph, granted, here, method=f"{backend.name} backend")
+                self._set_plan(self._with_graphs(made, graph))
             elif self.plan_source == "temporal":
-                self._set_plan(temporal_plan(graph, here))
+                self._set_plan(self._with_graphs(temporal_plan(graph, here), graph))
             elif not self._planning:
                 reason = (
                     self.unprofilable
                     or why_inline(self.backend, self.device)
                     or "nothing is profiled outside fit"
                 )
-                self._set_plan(temporal_plan(graph, here, notes=[f"{reason}: temporal plan"]))
+                made = temporal_plan(graph, here, notes=[f"{reason}: temporal plan"])
+                self._set_plan(self._with_graphs(made, graph))
             else:
                 self.plan = temporal_plan(graph, here)  # provisional: the warmup runs plain
+        if self.planned and self.plan is not None and self.plan.graphs:
+            self._engage()  # graphs attach once the graph is known: units that run alone never replay one
         if self.is_main:
             pending = ""
             if self._planning and not self.planned:
@@ -924,6 +972,8 @@ class Session:
     def _set_plan(self, plan: Plan) -> None:
         if self.micro_batches is not None:
             plan = plan.with_micro_batches(self.micro_batches)
+        if self.graphs is False and plan.graphs:
+            plan = replace(plan, graphs=()).with_notes(f"graphs=False: {list(plan.graphs)} run eagerly")
         missing = [note for note in self.notes if note not in plan.notes]
         self.plan, self.planned = plan.with_notes(*missing) if missing else plan, True
 
@@ -984,10 +1034,35 @@ class Session:
             backend, quotas = make_backend(self.backend, self.device), self._checked_quotas(self.quotas)
         else:  # the temporal plan, the warmup of plan="auto", or no plan yet: plain
             backend = make_backend("none", self.device)
-        engine.attach(self.units, backend=backend, quotas=quotas, device=self.device, groups=groups)
+        graphs = self._graphs_now()
+        engine.attach(
+            self.units,
+            backend=backend,
+            quotas=quotas,
+            device=self.device,
+            groups=groups,
+            graphs=graphs,
+            capture=self.capture,
+        )
         self._serialize()
         if self.on_apply is not None:
             self.on_apply(self.plan if self.planned else None)
+
+    def _graphs_now(self) -> list[str]:
+        """The plan's graphed units the engine captures now: once the graph is known (never a unit
+        that runs alone), where CUDA graphs can be made (else said once)."""
+        if not self.planned or self.plan is None or not self.plan.graphs or self.graph is None:
+            return []
+        units = [u for u in self.plan.graphs if u not in self.graph.effects and u in self.units]
+        if units and self.capture is None:
+            warn_once(
+                log,
+                f"no-capture-{self.device}",
+                f"the plan graphs {units}, but CUDA graphs need a CUDA device: they run eagerly on"
+                f" {device_name(self.device)}",
+            )
+            return []
+        return units
 
     def _checked_quotas(self, quotas: Mapping[str, int], where: str = "") -> dict[str, int]:
         """``quotas`` checked against the units and, on a GPU, its SM count."""

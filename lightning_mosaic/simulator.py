@@ -30,6 +30,10 @@ fit. The step time is the last task's end. Memory: a forward task holds its unit
 memory for ``batch_size / k`` samples from its start until its backward task ends (until its own
 end when there is no backward); the peak is the largest sum over time. :func:`lower_bound` is
 what no schedule can beat.
+
+Units a plan graphs (``plan.graphs``) cost the host one replay per pass (``graphcost.py``), and
+their activations live in their graphs' memory pools for the whole run: they count in the peak
+from the start (``graphcost.pool_bytes``), not per task.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from lightning_mosaic.graphcost import graphed, pool_bytes
 
 if TYPE_CHECKING:
     from lightning_mosaic.graph import ModuleGraph
@@ -298,6 +304,8 @@ def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: 
     """Place every task of one step under ``plan`` in time; see the module docstring."""
     _check(graph, perf_model, plan, batch_size)
     graph = graph.subgraph(graph.called)  # a unit no step calls has no task
+    graphs = [m for m in plan.graphs if m in graph.modules]
+    perf_model = graphed(perf_model, graphs)
     capacity = perf_model.capacity
     k = plan.micro_batches
     spec = _tasks(graph, perf_model.backward, k, frozenset(plan.lookahead))
@@ -308,8 +316,9 @@ def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: 
     placed = _schedule(spec, device, host, per_task_quota, capacity)
     assert placed is not None  # no limit given
     start, end, issue = placed
-    memory = {m: perf_model.memory(m, size) for m in graph.modules}
+    memory = {m: 0 if m in graphs else perf_model.memory(m, size) for m in graph.modules}
     held = [memory[m] if p == "forward" else 0 for m, p, _ in spec.keys]
+    pools = pool_bytes(perf_model, graphs, batch_size, k)
     tasks = [
         Task(m, p, i, quotas[m], start[t], end[t], held[t], issue[t], issue[t] + host[t])
         for t, (m, p, i) in enumerate(spec.keys)
@@ -317,11 +326,12 @@ def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: 
     return Timeline(
         tasks=tasks,
         step_s=max(end, default=0.0),
-        peak_bytes=_peak(spec, start, end, held),
+        peak_bytes=_peak(spec, start, end, held) + pools,
         sm_count=capacity,
         micro_batches=k,
         batch_size=batch_size,
         label=plan.method,
+        notes=[f"CUDA graphs (one replay per pass): {', '.join(graphs)}"] if graphs else [],
         host_s=sum(host),
     )
 

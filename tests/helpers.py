@@ -248,7 +248,7 @@ def train_recorded(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     with backend.recording():
         for step in range(steps):
-            with engine.step():
+            with engine.step(train=True):
                 loss = loss_fn(step)
             engine.before_backward(loss)
             loss.backward()

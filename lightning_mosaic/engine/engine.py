@@ -24,6 +24,10 @@ A unit in ``serial`` runs alone: its pre-hook makes the caller's stream wait for
 since the last join, and the unit runs inline on the caller's stream, its outputs plain tensors.
 That is for units whose data flow bypasses what they return (an input changed in place, tensors
 kept in attributes), which no pending output would order.
+
+Units in ``graphs`` (given to :meth:`Engine.attach` with a capture) replay CUDA graphs in training
+steps (``engine/graphs.py``): the hooks above run around the replay as around an eager forward,
+so a graph is captured and replayed on the unit's stream.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from torch.utils.hooks import RemovableHandle
 from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.engine.backends import Backend, InlineBackend
+from lightning_mosaic.engine.graphs import Capture, GraphRunner
 from lightning_mosaic.engine.pending import PendingTensor, _value, retire
 
 
@@ -62,7 +67,9 @@ class Engine:
         self._dirty: dict[Any, None] = {}  # unit streams used since the last join, in order
         self._shells: list[weakref.ref[PendingTensor]] = []
         self._paused = 0
+        self._training = False  # inside a training step
         self.serial: set[str] = set()
+        self.graphs: GraphRunner | None = None
 
     @property
     def attached(self) -> bool:
@@ -75,12 +82,15 @@ class Engine:
         quotas: Mapping[str, int | None] | None = None,
         device: torch.device | None = None,
         groups: Sequence[Sequence[str]] | None = None,
+        graphs: Sequence[str] = (),
+        capture: Capture | None = None,
     ) -> None:
         """Hook every unit in ``modules`` (name -> module) and give it a stream of ``backend``.
 
         ``quotas`` (unit -> SMs) go to the backend; ``device`` is where the units live; ``groups``
         lists the units that run at the same time (a plan's phases), whose partitions must not
-        overlap. Attaching twice is an error.
+        overlap; the units in ``graphs`` replay CUDA graphs made by ``capture`` in training steps.
+        Attaching twice is an error.
         """
         if self._handles:
             raise RuntimeError(f"engine is already attached to {list(self.modules)}; call detach() first")
@@ -96,21 +106,41 @@ class Engine:
             self._handles.append(
                 module.register_forward_hook(self._post_hook(name), with_kwargs=True, always_call=True)
             )
+        unknown = [name for name in graphs if name not in self.modules]
+        if unknown:
+            self.detach()
+            raise ValueError(f"graphs {unknown} are not units of the engine: {list(self.modules)}")
+        if graphs and capture is not None:
+            self.graphs = GraphRunner(capture)
+            self.graphs.attach({name: self.modules[name] for name in graphs}, self._graphing)
+
+    def _graphing(self) -> bool:
+        return self._training and not self._paused
 
     def detach(self) -> None:
-        """Join, then remove every hook; the modules are exactly as before :meth:`attach`."""
+        """Join, then remove every hook and graph; the modules are exactly as before :meth:`attach`."""
         self.join()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.graphs is not None:
+            self.graphs.detach()
+            self.graphs = None
         self.modules = {}
 
     @contextmanager
-    def step(self) -> Iterator[None]:
-        """Bracket one step call (``training_step`` and friends): joins when it ends, even on error."""
+    def step(self, train: bool = False) -> Iterator[None]:
+        """Bracket one step call (``training_step`` and friends): joins when it ends, even on error.
+
+        ``train``: a training step, where graphed units replay their graphs.
+        """
+        if self.graphs is not None:
+            self.graphs.new_step()
+        self._training = train
         try:
             yield
         finally:
+            self._training = False
             if self._frames:  # an exception left a unit's stream current
                 self.backend.set_current(self._frames[0][1])
                 self._frames.clear()

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic.engine import Backend, Engine, check_backend
+from lightning_mosaic.engine.graphs import check_graphs
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
@@ -113,6 +114,11 @@ class MosaicStrategy(DDPStrategy):
             False, one full file that plain Lightning loads.
         mp_policy: with ``shard``, FSDP2's ``MixedPrecisionPolicy`` for every unit (default: none;
             the precision plugin's autocast applies as usual).
+        graphs: per-unit CUDA graphs on a GPU: ``"auto"`` captures the units the profile shows to be
+            launch-bound (host time at least device time), ``True`` every unit, ``False`` none. A
+            graphed unit's forward and backward replay as one launch each in training steps, on its
+            stream and quota; units that cannot be captured (host syncs, data-dependent shapes, ...)
+            run eagerly, said once in the log. Needs a CUDA device (elsewhere the units run eagerly).
         start_method: how processes start when there are several devices: ``"popen"`` (re-run the
             script, like ``strategy="ddp"``), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
         process_group_backend: ``torch.distributed`` backend; default gloo on CPU, NCCL on GPU.
@@ -140,6 +146,7 @@ class MosaicStrategy(DDPStrategy):
         shard: str | Sequence[str] | None = None,
         save_distributed_checkpoint: bool = True,
         mp_policy: Any = None,
+        graphs: str | bool = "auto",
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -174,6 +181,7 @@ class MosaicStrategy(DDPStrategy):
         self.quotas = check_quotas(quotas)
         self.plan_source = check_plan_source(plan, bool(self.quotas))
         self.micro_batches = check_micro_batches(micro_batches)
+        self.graphs = check_graphs(graphs)
         self.settings = ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds)
         self.shard = check_shard(shard)
         if self.shard is not None and start_method != "popen":
@@ -409,6 +417,7 @@ class MosaicStrategy(DDPStrategy):
                 broadcast=self.broadcast,
                 batch_size_of=extract_batch_size,
                 on_apply=self._plan_applied,
+                graphs=self.graphs,
             )
         session.settings = settings.in_directory(trainer.default_root_dir)
         session.profile_requested = requested

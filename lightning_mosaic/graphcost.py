@@ -1,0 +1,98 @@
+"""What a CUDA graph changes in the cost of a unit: the host issues one replay instead of every kernel.
+
+A profile measures, per unit and pass, the device's time and the host's (the one Python thread
+issuing the kernels). A unit whose host time is at least its device time at the whole device is
+*launch-bound* (:func:`launch_bound`): the GPU waits for the thread, so neither a quota nor a
+stream of its own makes it faster. Captured as a CUDA graph (``engine/graphs.py``), each pass
+costs the host one replay, :data:`REPLAY_HOST_S`: copying the inputs in, one graph launch, copying
+the outputs out, the autograd bookkeeping. :func:`graphed` gives a cost model that knows it.
+
+The device time is the profile's, measured with the kernels issued eagerly. For a launch-bound
+unit that time includes the gaps where the device waited for the host, so the prediction of what
+graphs give is conservative: the simulator frees the host (other units' kernels are issued
+sooner), not the unit's own device time.
+
+A graph's memory pool keeps the activations of every call it serves for the whole run:
+:func:`pool_bytes` is what the planner adds to a plan's peak for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lightning_mosaic.perfmodel import CostModel
+
+REPLAY_HOST_S = 60e-6  # host seconds of one graphed pass (copies in and out, one launch, autograd)
+PASSES = ("forward", "backward")
+
+
+def launch_bound(model: CostModel, units: Iterable[str], batch: float) -> list[str]:
+    """The ``units`` whose host time, over both passes, is at least their device time on the whole
+    device at ``batch`` samples (none when the profile measured no host time)."""
+    found = []
+    for unit in units:
+        passes = [p for p in PASSES if p == "forward" or model.backward.get(unit, True)]
+        host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes)
+        device = sum(model.predict(unit, p, batch, model.capacity) for p in passes)
+        if host > 0 and host >= device:
+            found.append(unit)
+    return found
+
+
+def pool_bytes(model: CostModel, units: Iterable[str], batch_size: int, micro_batches: int) -> int:
+    """Bytes the graphs of ``units`` keep for a step of ``micro_batches``: one pool of activations
+    per micro-batch (each call position has its own graphs)."""
+    size = batch_size / micro_batches
+    return int(sum(model.memory(unit, size) for unit in units) * micro_batches)
+
+
+class GraphedModel:
+    """``model`` with the units in ``graphs`` captured: their host time is one replay per pass
+    (never more than the eager host time); everything else as ``model`` says."""
+
+    def __init__(self, model: CostModel, graphs: Sequence[str], replay_s: float = REPLAY_HOST_S) -> None:
+        unknown = [u for u in graphs if u not in model.modules]
+        if unknown:
+            raise ValueError(f"graphs {unknown} are not units of the performance model: {model.modules}")
+        if not replay_s >= 0:
+            raise ValueError(f"replay_s={replay_s!r} must be a number of seconds >= 0")
+        self.base, self.graphs, self.replay_s = model, tuple(graphs), float(replay_s)
+
+    @property
+    def modules(self) -> list[str]:
+        return self.base.modules
+
+    @property
+    def capacity(self) -> int:
+        return self.base.capacity
+
+    @property
+    def backward(self) -> Mapping[str, bool]:
+        return self.base.backward
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        return self.base.calls
+
+    def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
+        return self.base.predict(module, pass_, batch, quota)
+
+    def predict_host(self, module: str, pass_: str, batch: float, quota: float) -> float:
+        eager = self.base.predict_host(module, pass_, batch, quota)
+        return min(eager, self.replay_s) if module in self.graphs else eager
+
+    def memory(self, module: str, batch: float) -> int:
+        return self.base.memory(module, batch)
+
+
+def graphed(model: CostModel, graphs: Sequence[str]) -> CostModel:
+    """``model`` knowing that ``graphs`` replay CUDA graphs (``model`` itself when none do)."""
+    if not graphs:
+        return model
+    if isinstance(model, GraphedModel):
+        if set(model.graphs) == set(graphs):
+            return model
+        model = model.base
+    return GraphedModel(model, graphs)
