@@ -4,6 +4,11 @@ Fits the performance model to the profile, plans for the profiled device (or, wi
 for another device preset or batch size), prints the plan next to the temporal baseline, and
 writes the plan JSON (``--out``) and a Gantt chart of one simulated step (``--timeline``).
 
+``--what-if graphs`` also plans with CUDA graphs for the units the profile shows to be launch-bound
+(host time at least device time: what ``MosaicStrategy(graphs="auto")`` captures), prints the
+host and device time of every unit and the predicted step with and without graphs, and writes
+the plan with graphs.
+
 A what-if on a device with more SMs than the profiled one cannot be measured from the profile:
 time beyond the profiled SM count is assumed to scale inversely with the quota (said in the plan's
 notes). The plan needs the module graph, which profiles made by ``MosaicProfiler`` carry; for other
@@ -19,11 +24,14 @@ from typing import TYPE_CHECKING
 
 from lightning_mosaic.devices import PRESETS, DeviceSpec, unit_label
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.graphcost import launch_bound
 from lightning_mosaic.planner import METHODS, plan
 from lightning_mosaic.profile import Profile, ProfileError
 
 if TYPE_CHECKING:
     from lightning_mosaic.perfmodel import AnalyticModel, CostModel
+
+WHAT_IF = ("graphs",)
 
 
 def what_if_model(model: CostModel, device: DeviceSpec) -> AnalyticModel:
@@ -48,6 +56,21 @@ def what_if_model(model: CostModel, device: DeviceSpec) -> AnalyticModel:
     )
 
 
+def _graphs_report(model: CostModel, units: Sequence[str], batch: int, graphs: Sequence[str]) -> str:
+    """Host vs device milliseconds per unit (both passes, whole device) and which are launch-bound."""
+    lines = [f"what-if graphs: host (issue) vs device time per step at batch {batch} on the whole device"]
+    for unit in units:
+        passes = ["forward"] + (["backward"] if model.backward.get(unit, True) else [])
+        calls = model.calls.get(unit, 1)
+        host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes) * calls
+        device = sum(model.predict(unit, p, batch, model.capacity) for p in passes) * calls
+        verdict = "launch-bound: graphed" if unit in graphs else "device-bound"
+        lines.append(f"  {unit}: host {host * 1e3:.3f} ms, device {device * 1e3:.3f} ms ({verdict})")
+    if not graphs:
+        lines.append("  no unit is launch-bound: graphs would not shorten the step")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-mosaic plan",
@@ -64,9 +87,16 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", default=None, help="write the plan JSON here")
     parser.add_argument("--timeline", default=None, help="write a PNG Gantt chart of one simulated step here")
     parser.add_argument(
-        "--what-if", action="store_true", help="allow a device or batch size other than the profiled ones"
+        "--what-if",
+        nargs="*",
+        choices=WHAT_IF,
+        default=None,
+        metavar="graphs",
+        help="allow a device or batch size other than the profiled ones; 'graphs': also plan with CUDA"
+        " graphs for the launch-bound units and compare",
     )
     args = parser.parse_args(argv)
+    what_if = args.what_if is not None
     try:
         profile = Profile.load(args.profile)
     except ProfileError as err:
@@ -83,7 +113,7 @@ def main(argv: Sequence[str]) -> int:
         )
     other_device = device.name != profile.device or device.sm_count != profile.capacity
     other_batch = args.batch_size != profile.batch_size
-    if (other_device or other_batch) and not args.what_if:
+    if (other_device or other_batch) and not what_if:
         parser.error(
             f"the profile was measured on {profile.device}"
             f" ({profile.capacity} {unit_label(profile.quota_unit)}) at batch {profile.batch_size};"
@@ -105,10 +135,34 @@ def main(argv: Sequence[str]) -> int:
     model = PerfModel().fit(profile)
     if device.sm_count != model.capacity:
         model = what_if_model(model, device)
+    graphs: list[str] = []
+    if what_if and "graphs" in args.what_if:
+        if device.quota_unit != "sm":
+            parser.error("--what-if graphs: CUDA graphs are for GPUs; this profile was measured on a CPU")
+        if not profile.has_host_times():
+            parser.exit(
+                1,
+                f"lightning-mosaic plan: {args.profile} measured no host (issue) times, so what graphs would"
+                " save cannot be predicted: profile again with this version\n",
+            )
+        graphs = launch_bound(model, graph.called, args.batch_size)
     try:
         chosen = plan(
             graph, model, device, args.batch_size, method=args.method, micro_batches=args.micro_batches
         )
+        if graphs:
+            eager, chosen = (
+                chosen,
+                plan(
+                    graph,
+                    model,
+                    device,
+                    args.batch_size,
+                    method=args.method,
+                    micro_batches=args.micro_batches,
+                    graphs=graphs,
+                ),
+            )
     except ValueError as err:
         parser.exit(1, f"lightning-mosaic plan: {err}\n")
     if other_device or other_batch:
@@ -122,6 +176,14 @@ def main(argv: Sequence[str]) -> int:
             )
         )
     print(device.describe())
+    if what_if and "graphs" in args.what_if:
+        print(_graphs_report(model, graph.called, args.batch_size, graphs))
+        if graphs:
+            chosen = chosen.with_notes(
+                f"what-if graphs: {eager.predicted_step_s * 1e3:.2f} ms per step without graphs"
+                f" ({eager.method}), {chosen.predicted_step_s * 1e3:.2f} ms with"
+                f" ({eager.predicted_step_s / chosen.predicted_step_s:.2f}x)"
+            )
     print(chosen.describe())
     if args.out:
         chosen.save(args.out)

@@ -119,6 +119,10 @@ class Profile:
                 return info
         raise KeyError(f"module {name!r} is not in the profile; it has {self.module_names}")
 
+    def has_host_times(self) -> bool:
+        """Whether the profile measured host (issue) times (older profiles did not)."""
+        return any(s.host_seconds is not None for s in self.samples if s.feasible)
+
     def samples_of(self, module: str, pass_: str, feasible_only: bool = True) -> list[Sample]:
         return [
             s

@@ -205,3 +205,32 @@ def test_an_error_is_one_line_and_exit_status_1(argv, message, capsys, monkeypat
     monkeypatch.setenv("LIGHTNING_MOSAIC_TRACEBACK", "1")
     with pytest.raises(Exception, match=message.split(": ", 3)[-1][:30].replace("[", r"\[")):
         main(argv)
+
+
+def test_plan_what_if_graphs_compares_with_and_without(tmp_path, capsys):
+    import dataclasses
+
+    from lightning_mosaic.plan import Plan
+    from lightning_mosaic.profile import Profile
+
+    path = _profile_with_graph(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", str(path), "--batch-size", "32", "--what-if", "graphs"])
+    assert exit_info.value.code == 1
+    assert "measured no host (issue) times" in capsys.readouterr().err
+    profile = Profile.load(path)
+    host = {"vision": 0.05, "llm": 1e-4}  # the vision tower: hundreds of tiny kernels
+    profile.samples = [dataclasses.replace(s, host_seconds=host[s.module]) for s in profile.samples]
+    profile.save(path)
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(path), "--batch-size", "32", "--what-if", "graphs", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "vision: host 100.000 ms" in text and "(launch-bound: graphed)" in text
+    assert "(device-bound)" in text
+    plan = Plan.load(out)
+    assert plan.graphs == ("vision",)
+    assert any(n.startswith("what-if graphs:") and "ms with (" in n for n in plan.notes)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", str(path), "--batch-size", "32", "--what-if", "nosuch"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err

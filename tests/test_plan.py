@@ -179,3 +179,20 @@ def test_check_units_and_concurrent_plans():
         ValueError, match=r"the plan is for modules \['vision', 'audio', 'projector', 'llm'\]"
     ):
         plan.check_units(["vision"])
+
+
+def test_graphs_round_trip_and_name_units_of_the_plan():
+    plan = Plan(phases=({"a": None}, {"b": None}), graphs=("a",))
+    assert Plan.from_json(plan.to_json()) == plan and plan.graphs == ("a",)
+    assert not plan.plain and plan.sequential, "sequential, but not what plain PyTorch runs"
+    assert "CUDA graphs (one replay per pass in training steps): a" in plan.describe()
+    with pytest.raises(ValueError, match=r"graphs names \['c'\], which are in no phase of the plan"):
+        Plan(phases=({"a": None},), graphs=("c",))
+    with pytest.raises(ValueError, match=r"units \['a'\] are both computed one step ahead and graphed"):
+        Plan(phases=({"a": None},), graphs=("a",), lookahead=("a",))
+    data = plan.to_dict()
+    data["graphs"] = "a"
+    with pytest.raises(ValueError, match="'graphs'"):
+        Plan.from_dict(data)
+    del data["graphs"]
+    assert Plan.from_dict(data).graphs == (), "plans written before graphs existed read as none"

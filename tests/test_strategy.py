@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import pickle
 
 import lightning as L
@@ -26,7 +27,9 @@ import lightning_mosaic
 from lightning_mosaic import MosaicStrategy, planner
 from lightning_mosaic.demo import DemoMultimodalModel
 from lightning_mosaic.devices import DeviceSpec
+from lightning_mosaic.engine import RecordingBackend
 from lightning_mosaic.perfmodel import PerfModel, too_wrong
+from lightning_mosaic.plan import Plan
 from lightning_mosaic.session import Stage
 
 # ---------------------------------------------------------------- registration and construction
@@ -819,3 +822,112 @@ def test_the_log_says_why_a_chosen_backend_is_not_used(caplog):
     assert "engine backend: none (inline" in caplog.text
     assert "the plan runs each unit alone: backend='cpu' has nothing to run side by side" in caplog.text
     assert "are ignored" not in caplog.text
+
+
+# ---------------------------------------------------------------- CUDA graphs (emulated on the CPU)
+
+
+@pytest.fixture
+def emulated_graphs(monkeypatch):
+    """Sessions capture with EmulatedCapture: static memory as a GPU's, replays run eagerly."""
+    from lightning_mosaic import session as session_module
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    capture = EmulatedCapture()
+    monkeypatch.setattr(session_module, "capture_for", lambda device: capture)
+    return capture
+
+
+@pytest.mark.parametrize(
+    ("make", "data", "options"),
+    [
+        (demo_model, demo_data, dict(plan="temporal")),
+        (demo_model, demo_data, dict(plan="temporal", micro_batches=2)),
+        (hf_model, hf_loader, dict(plan="temporal")),
+        (demo_model, demo_data, dict(plan="concurrent", backend=RecordingBackend)),
+    ],
+    ids=["demo", "demo-micro-batches", "hugging-face", "demo-concurrent"],
+)
+def test_graphed_units_train_bitwise_like_plain_lightning(emulated_graphs, make, data, options):
+    options = dict(options)
+    if options.get("backend") is RecordingBackend:
+        options["backend"] = RecordingBackend()
+    micro = options.get("micro_batches")
+    plain = make()
+    reference = MosaicStrategy(plan="temporal", graphs=False, micro_batches=micro) if micro else "auto"
+    trainer(reference, accumulate_grad_batches=2).fit(plain, data())
+    graphed = make()
+    t = trainer(MosaicStrategy(graphs=True, **options), accumulate_grad_batches=2)
+    t.fit(graphed, data())
+    assert_bitwise_equal(parameters(plain), parameters(graphed))
+    assert set(t.strategy.plan.graphs) == set(t.strategy.units) - set(t.strategy.graph.effects)
+    replays = sum(g.replays for g in emulated_graphs.graphs)
+    assert replays >= 10 * len(t.strategy.plan.graphs), "every training step replayed the graphs"
+
+
+def test_graphs_false_or_no_cuda_leave_every_unit_eager(emulated_graphs, monkeypatch, caplog):
+    from lightning_mosaic import session as session_module
+
+    given = Plan(
+        phases=({"vision": None}, {"audio": None}, {"projector": None}, {"llm": None}), graphs=("audio",)
+    )
+    t = trainer(MosaicStrategy(plan=given, graphs=False), max_steps=2)
+    t.fit(demo_model(), demo_data())
+    assert t.strategy.plan.graphs == () and "graphs=False: ['audio'] run eagerly" in t.strategy.plan.notes
+    assert not emulated_graphs.graphs
+    monkeypatch.setattr(session_module, "capture_for", lambda device: None)
+    t = trainer(MosaicStrategy(plan="temporal", graphs=True), max_steps=2)
+    t.fit(demo_model(), demo_data())
+    assert t.strategy.plan.graphs == ()
+    assert (
+        "graphs=True: CUDA graphs need a CUDA device; the units run eagerly on cpu" in t.strategy.plan.notes
+    )
+    with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
+        t = trainer(MosaicStrategy(plan=given), max_steps=2)
+        t.fit(demo_model(), demo_data())
+    assert (
+        "the plan graphs ['audio'], but CUDA graphs need a CUDA device: they run eagerly on cpu"
+        in caplog.text
+    )
+    with pytest.raises(ValueError, match=r"graphs='on' is not one of 'auto'"):
+        MosaicStrategy(graphs="on")
+
+
+GRAPHS_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import RecordRank, demo_data, demo_model, trainer
+from lightning.pytorch.strategies import DDPStrategy
+from lightning_mosaic import MosaicStrategy, session
+from lightning_mosaic.engine.graphs import EmulatedCapture
+
+session.capture_for = lambda device: EmulatedCapture()
+name, out = sys.argv[1], sys.argv[2]
+strategy = DDPStrategy() if name == "ddp" else MosaicStrategy(plan="temporal", graphs=True)
+trainer(strategy, devices=2, max_steps=4, accumulate_grad_batches=2, callbacks=[RecordRank(out)]).fit(
+    demo_model(), demo_data()
+)
+"""
+
+
+def test_graphed_units_under_ddp_bitwise_equal_to_ddp(tmp_path):
+    """DDP's reducer hooks the graphed parameters: every gradient arrives once, all-reduced."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(GRAPHS_SCRIPT.format(tests=str(Path(__file__).parent)))
+    for name in ("ddp", "mosaic"):
+        (tmp_path / name).mkdir()
+        done = subprocess.run(
+            [sys.executable, str(script), name, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    ddp, mosaic = _ranks(tmp_path / "ddp"), _ranks(tmp_path / "mosaic")
+    for rank in range(2):
+        assert_bitwise_equal(ddp[rank]["params"], mosaic[rank]["params"])
+    assert mosaic[0]["plan"]["graphs"] == ["vision", "audio", "projector", "llm"]
