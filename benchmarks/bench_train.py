@@ -9,7 +9,10 @@ model on the same data:
 
 - ``temporal``: plain Lightning, every module one after another;
 - ``naive``: every module on its own CUDA stream, no SM quotas (``plan="concurrent", backend="streams"``);
-- ``mosaic``: the plan made above (SM quotas, phases, micro-batches), applied from the first step.
+- ``mosaic``: the plan made above (SM quotas, phases, micro-batches, CUDA graphs for the units the
+  profile shows to be launch-bound), applied from the first step;
+- with ``--graphs`` also ``temporal_graphs`` (plain order, every unit that can be captured replays
+  CUDA graphs) and ``mosaic_eager`` (the plan without its graphs).
 
 Steps are timed from ``on_train_batch_start`` to ``on_train_batch_end`` (GPU synchronised at both
 ends) after untimed warmup steps; GPU utilisation and memory come from NVML (``nvidia-ml-py``) and
@@ -29,6 +32,7 @@ import json
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import GpuMonitor, StepTimer, environment, quiet_trainer, training_precision
 
 VARIANTS = ("temporal", "naive", "mosaic")
+GRAPH_VARIANTS = ("temporal_graphs", "mosaic_eager")  # --graphs: graphs on every unit / the plan without
 MODELS = ("demo", "vlm", "avlm", "bind")
 
 
@@ -104,6 +109,10 @@ def run(
         strategy = MosaicStrategy(plan="concurrent", backend="streams")
     elif variant == "mosaic":
         strategy = MosaicStrategy(plan=plan)
+    elif variant == "temporal_graphs":  # plain order, every unit that can be captured replays CUDA graphs
+        strategy = MosaicStrategy(plan="temporal", graphs=True)
+    elif variant == "mosaic_eager":  # the plan with its graphs dropped
+        strategy = MosaicStrategy(plan=replace(plan, graphs=()), graphs=False)
     steps = args.warmup + args.steps
     timer, monitor = StepTimer(), GpuMonitor()
     with tempfile.TemporaryDirectory() as root:
@@ -134,6 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile-warmup", type=int, default=3, help="plain steps before profiling")
     parser.add_argument("--profile-seconds", type=float, default=60.0, help="time budget of the profile")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: a quick check")
+    parser.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also time temporal with CUDA graphs on every unit, and the plan without its graphs",
+    )
     parser.add_argument("--out", type=Path, help="JSON file; the profile, plan and timeline go beside it")
     args = parser.parse_args(argv)
     sizes = SIZES if args.model == "demo" else ZOO_SIZES
@@ -160,11 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
         model = _model(args)
         plan, planner = make_plan(args, model, folder)
         print(plan.describe(), file=sys.stderr)
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        rounds, grants, notes = [], {}, []
-        gpu: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        variants = VARIANTS + (GRAPH_VARIANTS if args.graphs else ())
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        rounds, grants, notes, graphed = [], {}, [], {}
+        gpu: dict[str, list[dict]] = {v: [] for v in variants}
         for r in range(args.rounds):
-            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            shift = r % len(variants)
+            order = variants[shift:] + variants[:shift]
             medians = {}
             for variant in order:
                 measured, strategy, usage = run(variant, plan, model, args)
@@ -175,14 +191,17 @@ def main(argv: list[str] | None = None) -> dict:
                     backend = strategy.engine.backend
                     grants = {u: vars(g) for u, g in backend.grants.items()}
                     notes = [backend.describe()]
+                if strategy is not None and strategy.plan is not None and strategy.plan.graphs:
+                    graphed[variant] = list(strategy.plan.graphs)
             rounds.append(medians)
             print(
                 f"round {r + 1}/{args.rounds}: "
-                + ", ".join(f"{v} {medians[v] * 1e3:.2f} ms/step" for v in VARIANTS),
+                + ", ".join(f"{v} {medians[v] * 1e3:.2f} ms/step" for v in variants),
                 file=sys.stderr,
             )
         result = _result(args, device, plan, planner, times, rounds, grants, notes)
-        result["gpu"] = {v: _usage(gpu[v]) for v in VARIANTS}
+        result["gpu"] = {v: _usage(gpu[v]) for v in variants}
+        result["graphed_units"] = graphed
     _print(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -191,11 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
-    step = {v: statistics.median(times[v]) for v in VARIANTS}
+    variants = list(times)
+    step = {v: statistics.median(times[v]) for v in variants}
     # A ratio is only as good as its rounds agree: the spread of each variant's per-round medians.
     spread = {
         v: (max(r[v] for r in rounds) - min(r[v] for r in rounds)) / step[v] if len(rounds) > 1 else None
-        for v in VARIANTS
+        for v in variants
     }
     ratios = not args.smoke and len(rounds) > 1
     result: dict[str, Any] = {
@@ -205,8 +225,8 @@ def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
         "smoke": args.smoke,
         "step_s": step,
         "spread": spread,
-        "samples_per_s": {v: args.batch_size / step[v] for v in VARIANTS},
-        "speedup_vs_temporal": {v: step["temporal"] / step[v] for v in VARIANTS} if ratios else None,
+        "samples_per_s": {v: args.batch_size / step[v] for v in variants},
+        "speedup_vs_temporal": {v: step["temporal"] / step[v] for v in variants} if ratios else None,
         "mosaic_over_naive": step["naive"] / step["mosaic"] if ratios else None,
         "guard": {
             "measured_step_s": plan.measured_step_s,
@@ -263,6 +283,10 @@ def _print(result: dict) -> None:
         f" mosaic/naive {result['mosaic_over_naive']:.3f}; spread of the rounds' medians: "
         + ", ".join(f"{v} {spread[v]:.1%}" for v in VARIANTS)
     )
+    for v in GRAPH_VARIANTS:
+        if v in s:
+            units = result["graphed_units"].get(v, [])
+            print(f"{v}: samples/s {s[v]:.1f} ({sp[v]:.3f}x temporal); graphed {units}")
     noise = max(spread.values())
     if abs(sp["mosaic"] - 1) <= noise:
         print(f"mosaic vs temporal is within the rounds' spread ({noise:.1%}): no difference shown")
@@ -273,7 +297,7 @@ def _print(result: dict) -> None:
             f" temporal measured {result['step_s']['temporal'] * 1e3:.2f} ms vs predicted"
             f" {(result['predicted_temporal_s'] or 0) * 1e3:.2f} ms"
         )
-    util = {v: result["gpu"][v]["gpu_util_mean"] for v in VARIANTS}
+    util = {v: result["gpu"][v]["gpu_util_mean"] for v in result["gpu"]}
     if all(u is not None for u in util.values()):
         print("GPU utilisation (NVML, mean %): " + ", ".join(f"{v} {u:.0f}" for v, u in util.items()))
     if result.get("bound_speedup"):

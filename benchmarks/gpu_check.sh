@@ -4,7 +4,8 @@
 # (about 5 minutes, never more than 7: benchmarks/proof.py keeps a 390 s budget; every result in ONE
 # file, $OUT/proof.json, its log in $OUT/proof.log).
 # Writes JSON under $OUT (default benchmarks/results/gpu-check): the environment, the proof (vlm, avlm
-# and bind at edge size in bf16-mixed, two batch sizes: temporal vs naive streams vs mosaic), the
+# and bind at edge size in bf16-mixed, two batch sizes: temporal vs naive streams vs mosaic; CUDA
+# graphs on vs off at the first batch size, and graphs_check.py: numerics fp32/bf16, host times), the
 # performance-model accuracy on a GPU profile of the demo model (and the profile itself), a plan
 # and its timeline from a quick GPU profile, the
 # engine check (green-context API, SM grants, quota speed, overlap, numerics), the GPU-marked

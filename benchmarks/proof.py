@@ -8,7 +8,11 @@ JSON file (``--out``): per configuration the samples/s, the ratios and the round
 plan, predicted vs measured step times (the simulator's and the guard's), the SMs requested vs
 granted, the host (issue) vs device time of every unit from the profile, and the profile itself;
 then the goals checked: mosaic at least 1.3x temporal on avlm, never below 0.98x, above naive
-streams, predicted within 10% of measured.
+streams, predicted within 10% of measured. CUDA graphs: at the first batch size each model also
+trains with graphs on every unit (``temporal_graphs``) and with the plan's graphs dropped
+(``mosaic_eager``), and ``graphs_check.py`` (45 s kept for it) checks that graphed training stays
+allclose to eager after 10 steps in fp32 and bf16-mixed and measures each unit's host time eager
+vs graphed; all under ``"graphs"`` and in each result.
 
 Sized from the committed H200 logs (gpu-check-h200-torch2.11.0-2026-11-27): a Trainer's set-up
 takes 1-2 s, a zoo profile is cut at ``--profile-seconds`` (15 s), a configuration trains
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).parent / "bench_train.py"
+GRAPHS = Path(__file__).parent / "graphs_check.py"
+GRAPHS_RESERVE_S = 45.0  # kept for graphs_check.py (numerics fp32 and bf16, host times): ~20 s on an H200
 GOALS = {"avlm_speedup": 1.3, "never_below": 0.98, "predicted_within": 0.10}
 
 
@@ -50,9 +56,10 @@ def _host_vs_device(profile: dict) -> dict:
     return out
 
 
-def run_one(model: str, batch: int, args: argparse.Namespace, folder: Path) -> dict:
+def run_one(model: str, batch: int, args: argparse.Namespace, folder: Path, graphs: bool = False) -> dict:
     main = runpy.run_path(str(BENCH))["main"]
-    argv = [
+    argv = ["--graphs"] if graphs else []
+    argv += [
         "--model", model, "--size", args.size, "--batch-size", str(batch), "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--accelerator", args.accelerator,
         "--precision", args.precision, "--profile-warmup", str(args.profile_warmup),
@@ -103,14 +110,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile-warmup", type=int, default=2)
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--budget-seconds", type=float, default=390.0, help="the whole run stays within this")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph checks")
     parser.add_argument("--out", type=Path, required=True, help="the one JSON file of every result")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     longest = 0.0
+    reserve = 0.0 if args.no_graphs else GRAPHS_RESERVE_S
+    graphs: dict[str, Any] | None = None
     for model in args.models:
         for batch in args.batch_sizes:
-            left = args.budget_seconds - (time.perf_counter() - started)
+            left = args.budget_seconds - reserve - (time.perf_counter() - started)
             estimate = max(longest * 1.2, 30.0)  # the slowest configuration so far, with margin
             if left < estimate:
                 results.append(
@@ -121,7 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
             began = time.perf_counter()
             with tempfile.TemporaryDirectory() as scratch:
                 try:
-                    result = run_one(model, batch, args, Path(scratch))
+                    with_graphs = (
+                        not args.no_graphs and batch == args.batch_sizes[0]
+                    )  # on vs off, once a model
+                    result = run_one(model, batch, args, Path(scratch), graphs=with_graphs)
                 except Exception as err:  # one configuration failing must not lose the others
                     result = {
                         "config": {"model": model, "batch_size": batch},
@@ -133,13 +146,27 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(result)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(_document(args, results, started), indent=1))  # kept if killed
-    document = _document(args, results, started)
+    if not args.no_graphs:
+        graphs = _graphs(args)
+    document = _document(args, results, started, graphs)
     args.out.write_text(json.dumps(document, indent=1))
     _print(document)
     return document
 
 
-def _document(args: argparse.Namespace, results: list[dict], started: float) -> dict:
+def _graphs(args: argparse.Namespace) -> dict[str, Any]:
+    """graphs_check.py on the demo model: numerics (fp32, bf16-mixed) and host times, eager vs graphed."""
+    main = runpy.run_path(str(GRAPHS))["main"]
+    try:
+        return main(["--accelerator", args.accelerator, "--size", "small" if args.size != "tiny" else "tiny"])
+    except Exception as err:  # the speed results above stay
+        print(f"graphs check: FAILED {type(err).__name__}: {err}", file=sys.stderr)
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _document(
+    args: argparse.Namespace, results: list[dict], started: float, graphs: dict | None = None
+) -> dict:
     return {
         "benchmark": "proof",
         "date": datetime.date.today().isoformat(),
@@ -147,6 +174,7 @@ def _document(args: argparse.Namespace, results: list[dict], started: float) -> 
         "wall_s": time.perf_counter() - started,
         "goals": goals([r for r in results if "error" not in r and "skipped" not in r]),
         "results": results,
+        "graphs": graphs,
     }
 
 
