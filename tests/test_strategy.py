@@ -378,14 +378,15 @@ trainer(strategy, devices=2, max_steps=4, callbacks=[RecordRank(out)]).fit(demo_
 """
 
 
-def test_mosaic_by_name_launches_processes_like_ddp(tmp_path):
-    """``strategy="mosaic"`` with two devices re-runs the script per process, like ``strategy="ddp"``."""
+def _script_runs(tmp_path, text):
+    """Run ``text`` as a script with "ddp" then "mosaic" (two processes each): the ranks' records,
+    each rank's parameters bitwise equal between the two."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(text.format(tests=str(Path(__file__).parent)))
     for name in ("ddp", "mosaic"):
         (tmp_path / name).mkdir()
         done = subprocess.run(
@@ -398,6 +399,12 @@ def test_mosaic_by_name_launches_processes_like_ddp(tmp_path):
     ddp, mosaic = _ranks(tmp_path / "ddp"), _ranks(tmp_path / "mosaic")
     for rank in range(2):
         assert_bitwise_equal(ddp[rank]["params"], mosaic[rank]["params"])
+    return ddp, mosaic
+
+
+def test_mosaic_by_name_launches_processes_like_ddp(tmp_path):
+    """``strategy="mosaic"`` with two devices re-runs the script per process, like ``strategy="ddp"``."""
+    _, mosaic = _script_runs(tmp_path, SCRIPT)
     assert mosaic[0]["graph"] is not None and mosaic[0]["graph"] == mosaic[1]["graph"]
 
 
@@ -912,22 +919,5 @@ trainer(strategy, devices=2, max_steps=4, accumulate_grad_batches=2, callbacks=[
 
 def test_graphed_units_under_ddp_bitwise_equal_to_ddp(tmp_path):
     """DDP's reducer hooks the graphed parameters: every gradient arrives once, all-reduced."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "train.py"
-    script.write_text(GRAPHS_SCRIPT.format(tests=str(Path(__file__).parent)))
-    for name in ("ddp", "mosaic"):
-        (tmp_path / name).mkdir()
-        done = subprocess.run(
-            [sys.executable, str(script), name, str(tmp_path / name)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-    ddp, mosaic = _ranks(tmp_path / "ddp"), _ranks(tmp_path / "mosaic")
-    for rank in range(2):
-        assert_bitwise_equal(ddp[rank]["params"], mosaic[rank]["params"])
+    _, mosaic = _script_runs(tmp_path, GRAPHS_SCRIPT)
     assert mosaic[0]["plan"]["graphs"] == ["vision", "audio", "projector", "llm"]
