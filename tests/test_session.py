@@ -329,3 +329,41 @@ def test_outputs_that_cannot_be_written_are_said_and_training_goes_on(tmp_path, 
     assert session.planned
     assert f"mosaic_plan.json could not be written to {tmp_path / 'out'}" in caplog.text
     assert "training goes on" in caplog.text
+
+
+def test_graphs_auto_captures_the_units_the_profile_shows_launch_bound(tmp_path, four_threads):
+    """A vision tower whose host time exceeds its device time is graphed; the others are not."""
+    import dataclasses
+
+    from helpers import side_by_side_profile
+
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+    from lightning_mosaic.selection import select_modules
+
+    model = TwoTowers()
+    profile = side_by_side_profile(select_modules(model), four_threads)
+    profile.samples = [
+        dataclasses.replace(s, host_seconds=0.5) if s.module == "vision" else s for s in profile.samples
+    ]
+    profile.save(tmp_path / "launch.json")
+    capture = EmulatedCapture()
+    _, session = make(tmp_path, model=model, capture=capture)
+    session.settings = ProfileSettings(path=tmp_path / "launch.json", warmup_steps=1, progress=False)
+    session.start()
+    train(model, session, steps=6)
+    assert session.plan.graphs == ("vision",)
+    assert (
+        "graphs='auto': units with host time >= device time replay CUDA graphs: ['vision']"
+        in session.plan.notes
+    )
+    assert session.plan.predicted_step_s < session.plan.predicted_temporal_s
+    assert sum(g.replays for g in capture.graphs) >= 4, "the steps after the plan replayed vision's graphs"
+    plain = TwoTowers()
+    train(plain, None, steps=6)
+    assert_bitwise_equal(parameters(plain), parameters(model))
+    _, off = make(tmp_path, model=TwoTowers(), capture=EmulatedCapture(), graphs=False)
+    off.settings = session.settings
+    off.start()
+    train(off._root, off, steps=6)
+    assert session.plan.method == "heuristic", "with vision graphed, the encoders run side by side"
+    assert off.plan.graphs == () and off.plan.is_temporal, "held back by the host, nothing would gain"
