@@ -133,3 +133,13 @@ def test_inconsistent_sizes_are_rejected():
         dataclasses.replace(base, llm_heads=3)
     with pytest.raises(ValueError, match="image side 16 is not a multiple of the patch side 5"):
         dataclasses.replace(base, patch=5)
+
+
+def test_demo_graphs_on_without_a_gpu_says_they_run_eagerly(tmp_path, capsys, caplog):
+    argv = ["--size", "tiny", "--steps", "2", "--batch-size", "2", "--plan", "temporal", "--graphs", "on"]
+    with caplog.at_level("INFO", logger="lightning_mosaic"):
+        assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert "graphs=True: CUDA graphs need a CUDA device; the units run eagerly on cpu" in caplog.text
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "maybe"])
+    assert "argument --graphs: invalid choice: 'maybe'" in capsys.readouterr().err

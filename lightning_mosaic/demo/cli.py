@@ -79,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MODULE=SMS",
         help="SM quota of a module on a GPU, e.g. --quota vision=32 (repeatable)",
     )
+    parser.add_argument(
+        "--graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="CUDA graphs on a GPU: auto (the launch-bound units; default), on (every unit) or off",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
@@ -110,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quotas=quotas,
             warmup_steps=args.warmup_steps,
             profile_seconds=args.profile_seconds,
+            graphs={"auto": "auto", "on": True, "off": False}[args.graphs],
         )
     except (TypeError, ValueError) as err:
         parser.error(str(err))
