@@ -107,6 +107,19 @@ def test_a_scheduler_among_the_objects_does_not_count_steps_twice():
     assert mosaic_accelerate.session(accelerator).steps == 3
 
 
+def test_graphed_units_train_bitwise_like_a_plain_accelerate_loop(monkeypatch):
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    capture = EmulatedCapture()
+    monkeypatch.setattr(session_module, "capture_for", lambda device: capture)
+    _, plain = train()
+    accelerator, mosaic = train(mosaic=dict(plan="temporal", graphs=True))
+    assert_bitwise_equal(parameters(plain), parameters(mosaic))
+    s = mosaic_accelerate.session(accelerator)
+    assert set(s.plan.graphs) == set(s.graph.called) - set(s.graph.effects)
+    assert sum(g.replays for g in capture.graphs) >= 5 * len(s.plan.graphs)
+
+
 def test_bad_arguments_are_rejected(tmp_path):
     accelerator = Accelerator(cpu=True)
     with pytest.raises(
@@ -115,6 +128,8 @@ def test_bad_arguments_are_rejected(tmp_path):
         mosaic_accelerate.prepare(accelerator, hf_model(), plan="fast")
     with pytest.raises(ValueError, match=r"the plan is for modules \['vision'\]"):
         mosaic_accelerate.prepare(accelerator, hf_model(), plan=Plan([Phase({"vision": None})]))
+    with pytest.raises(ValueError, match="graphs='always' is not one of 'auto'"):
+        mosaic_accelerate.prepare(accelerator, hf_model(), graphs="always")
     with pytest.raises(KeyError, match="went through no"):
         mosaic_accelerate.session(Accelerator(cpu=True))
 
