@@ -83,6 +83,7 @@ class Timeline:
     label: str = ""
     notes: list[str] = field(default_factory=list)
     host_s: float = 0.0  # the host thread's time issuing every task
+    graphs: list[str] = field(default_factory=list)  # units replaying CUDA graphs
 
     @property
     def modules(self) -> list[str]:
@@ -333,6 +334,7 @@ def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: 
         label=plan.method,
         notes=[f"CUDA graphs (one replay per pass): {', '.join(graphs)}"] if graphs else [],
         host_s=sum(host),
+        graphs=list(graphs),
     )
 
 

@@ -89,7 +89,8 @@ def _draw(ax: Any, timeline: Timeline, unit: str) -> None:
                     ha="center", va="center", fontsize=7, color="white",
                 )  # fmt: skip
         ticks.append(bottom + height / 2)
-        labels.append(f"{module} ({max(t.quota for t in tasks)} {unit})")
+        graphed = ", graph" if module in timeline.graphs else ""
+        labels.append(f"{module} ({max(t.quota for t in tasks)} {unit}{graphed})")
         bottom += height
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=8)
