@@ -4,13 +4,15 @@ A profile measures, per unit and pass, the device's time and the host's (the one
 issuing the kernels). A unit whose host time is at least its device time at the whole device is
 *launch-bound* (:func:`launch_bound`): the GPU waits for the thread, so neither a quota nor a
 stream of its own makes it faster. Captured as a CUDA graph (``engine/graphs.py``), each pass
-costs the host one replay, :data:`REPLAY_HOST_S`: copying the inputs in, one graph launch, copying
-the outputs out, the autograd bookkeeping. :func:`graphed` gives a cost model that knows it.
+costs the host one replay: copying the inputs in, one graph launch, copying the outputs out, the
+autograd bookkeeping. :func:`graphed` gives a cost model that knows it.
 
-The device time is the profile's, measured with the kernels issued eagerly. For a launch-bound
-unit that time includes the gaps where the device waited for the host, so the prediction of what
-graphs give is conservative: the simulator frees the host (other units' kernels are issued
-sooner), not the unit's own device time.
+Where the profile timed the unit's graphs (``Profile.graphed``, on a GPU: the model's
+``graph_cost``), a graphed pass costs the host the measured replay time, and its device time is
+the eager prediction scaled by the measured ratio (graphed over eager at the full batch on the
+whole device: the launch gaps the graph removes). Elsewhere the host time of a replay is
+:data:`REPLAY_HOST_S` and the device time the eager one, which for a launch-bound unit includes
+the gaps where the device waited for the host: the prediction is then conservative.
 
 A graph's memory pool keeps the activations of every call it serves for the whole run:
 :func:`pool_bytes` is what the planner adds to a plan's peak for them.
@@ -49,8 +51,8 @@ def pool_bytes(model: CostModel, units: Iterable[str], batch_size: int, micro_ba
 
 
 class GraphedModel:
-    """``model`` with the units in ``graphs`` captured: their host time is one replay per pass
-    (never more than the eager host time); everything else as ``model`` says."""
+    """``model`` with the units in ``graphs`` captured: their host time is one replay per pass, their
+    device time scaled as measured (see the module docstring); everything else as ``model`` says."""
 
     def __init__(self, model: CostModel, graphs: Sequence[str], replay_s: float = REPLAY_HOST_S) -> None:
         unknown = [u for u in graphs if u not in model.modules]
@@ -76,12 +78,21 @@ class GraphedModel:
     def calls(self) -> Mapping[str, int]:
         return self.base.calls
 
+    def _measured(self, module: str, pass_: str) -> tuple[float, float] | None:
+        cost = getattr(self.base, "graph_cost", None)
+        return cost(module, pass_) if cost is not None and module in self.graphs else None
+
     def predict(self, module: str, pass_: str, batch: float, quota: float) -> float:
-        return self.base.predict(module, pass_, batch, quota)
+        eager = self.base.predict(module, pass_, batch, quota)
+        measured = self._measured(module, pass_)
+        return eager * measured[0] if measured is not None else eager
 
     def predict_host(self, module: str, pass_: str, batch: float, quota: float) -> float:
         eager = self.base.predict_host(module, pass_, batch, quota)
-        return min(eager, self.replay_s) if module in self.graphs else eager
+        if module not in self.graphs:
+            return eager
+        measured = self._measured(module, pass_)
+        return measured[1] if measured is not None else min(eager, self.replay_s)
 
     def memory(self, module: str, batch: float) -> int:
         return self.base.memory(module, batch)

@@ -120,7 +120,9 @@ class PerfModel(BaseEstimator):
 
     Fitted attributes: ``modules_``, ``capacity_``, ``quota_unit_``, ``device_``, ``backward_``,
     ``calls_``, ``curves_``, ``host_coef_`` (None where the profile has no host times),
-    ``memory_coef_`` (and ``held_out_``, ``held_out_mape_``). The
+    ``memory_coef_``, ``graphed_`` (unit -> pass -> ``[device ratio, host seconds]`` of its CUDA
+    graphs' replays, where the profile timed them: :meth:`graph_cost`) (and ``held_out_``,
+    ``held_out_mape_``). The
     :class:`CostModel` properties (``modules``, ``capacity``, ``backward``, ``calls``) read them.
     """
 
@@ -153,6 +155,7 @@ class PerfModel(BaseEstimator):
                 self.curves_[name][pass_] = _fit_curve(b, q, y, folds, self.capacity_)
                 self.host_coef_[name][pass_] = _fit_host(profile, name, pass_)
             self.memory_coef_[name] = _fit_memory(profile, name)
+        self.graphed_ = _graph_costs(profile)
         if self.held_out:
             self.held_out_ = cross_val_predict(profile, folds)
             self.held_out_mape_ = _mape_by_module(self.held_out_, self.modules_)
@@ -204,6 +207,14 @@ class PerfModel(BaseEstimator):
         coef = self.host_coef_.get(module, {}).get(pass_)
         return max(coef[0] + coef[1] * batch, 0.0) if coef is not None else 0.0
 
+    def graph_cost(self, module: str, pass_: str) -> tuple[float, float] | None:
+        """What the profile measured of ``module``'s ``pass_`` replayed as a CUDA graph at the full
+        batch on the whole device: (graphed device time over eager device time, host seconds per
+        replay); None where it was not measured."""
+        _check_fitted(self)
+        cost = getattr(self, "graphed_", {}).get(module, {}).get(pass_)
+        return (cost[0], cost[1]) if cost is not None else None
+
     def memory(self, module: str, batch: float) -> int:
         """Bytes ``module`` needs for one forward + backward on ``batch`` samples (peak on GPU, saved
         activations on CPU)."""
@@ -251,6 +262,7 @@ class PerfModel(BaseEstimator):
                 for m, passes in self.curves_.items()
             },
             "host": self.host_coef_,
+            "graphed": getattr(self, "graphed_", {}),
             "memory": self.memory_coef_,
             "scores": getattr(self, "held_out_mape_", None),
         }
@@ -281,6 +293,10 @@ class PerfModel(BaseEstimator):
             model.host_coef_ = {
                 m: {p: list(c) if c is not None else None for p, c in passes.items()}
                 for m, passes in data.get("host", {}).items()
+            }
+            model.graphed_ = {
+                m: {p: [float(c[0]), float(c[1])] for p, c in passes.items()}
+                for m, passes in data.get("graphed", {}).items()
             }
         except (KeyError, TypeError) as err:
             raise ValueError(f"saved PerfModel is missing or has a malformed field: {err}") from err
@@ -316,6 +332,9 @@ class PerfModel(BaseEstimator):
             terms = []
             for pass_, curve in self.curves_[name].items():
                 sat = f", saturates at {curve.saturation:.3g} {unit}/sample" if curve.saturation else ""
+                graph = self.graph_cost(name, pass_)
+                if graph is not None:
+                    sat += f", as a CUDA graph x{graph[0]:.2f} device time, {graph[1] * 1e6:.0f} us host"
                 terms.append(f"{pass_}{sat}")
             lines.append(f"  {name}: {mape_text}; {'; '.join(terms)}")
         return "\n".join(lines)
@@ -590,6 +609,22 @@ def _fit_memory(profile: Profile, module: str) -> list[float]:
     if not points:
         return [0.0, 0.0]
     return _line(points, proportional=True)
+
+
+def _graph_costs(profile: Profile) -> dict[str, dict[str, list[float]]]:
+    """Per unit and pass, [graphed over eager device seconds, graphed host seconds] at the full batch
+    on the whole device, from the profile's graphed samples and the eager ones at the same point."""
+    eager = {
+        (s.module, s.pass_): s.seconds
+        for s in profile.samples
+        if s.feasible and s.seconds and s.batch == profile.batch_size and s.quota == profile.capacity
+    }
+    costs: dict[str, dict[str, list[float]]] = {}
+    for s in profile.graphed:
+        base = eager.get((s.module, s.pass_))
+        if s.feasible and s.seconds and base and s.host_seconds is not None:
+            costs.setdefault(s.module, {})[s.pass_] = [s.seconds / base, s.host_seconds]
+    return costs
 
 
 def _fit_host(profile: Profile, module: str, pass_: str) -> list[float] | None:

@@ -2,7 +2,9 @@
 
 A profile is plain data: :class:`Profile` holds the model's fingerprint, the device it was measured
 on, the grid, one :class:`Sample` per (unit, pass, batch, quota) and one :class:`MemorySample` per
-(unit, batch). ``profiler.py`` measures it, ``perfmodel.py`` fits a model to it, the
+(unit, batch), and, where the units were captured as CUDA graphs, one ``graphed`` sample per unit
+and pass at the full batch on the whole device (the replay's device and host time). ``profiler.py``
+measures it, ``perfmodel.py`` fits a model to it, the
 ``MosaicProfiler`` callback reuses a saved one whose fingerprint and device match.
 
 Quotas are SMs on a GPU (``quota_unit == "sm"``) and intra-op threads on a CPU
@@ -101,6 +103,7 @@ class Profile:
     notes: list[str] = field(default_factory=list)
     created: str = ""
     graph: dict[str, Any] | None = None  # the ModuleGraph of the profiled step (ModuleGraph.to_dict)
+    graphed: list[Sample] = field(default_factory=list)  # replays of CUDA graphs: full batch, whole device
     schema_version: int = SCHEMA_VERSION
 
     # ------------------------------------------------------------------ queries
@@ -153,7 +156,7 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for sample in data["samples"]:
+        for sample in [*data["samples"], *data["graphed"]]:
             sample["pass"] = sample.pop("pass_")
         return data
 
@@ -166,9 +169,11 @@ class Profile:
             raise ProfileError(f"not a valid profile: {shown}")
         data = {"graph": None} | dict(data)
         data["modules"] = [ModuleInfo(**m) for m in data["modules"]]
-        data["samples"] = [
-            Sample(pass_=s["pass"], **{k: v for k, v in s.items() if k != "pass"}) for s in data["samples"]
-        ]
+        for key in ("samples", "graphed"):
+            data[key] = [
+                Sample(pass_=s["pass"], **{k: v for k, v in s.items() if k != "pass"})
+                for s in data.get(key, [])
+            ]
         data["memory"] = [MemorySample(**m) for m in data["memory"]]
         return cls(**data)
 
@@ -309,9 +314,10 @@ SCHEMA: dict[str, Any] = {
     "notes": [str],
     "created": str,
     "graph": (dict, type(None)),
+    "graphed": [_SAMPLE],
 }
 """The profile's JSON layout: a type, a tuple of allowed types, ``[item]`` for lists, a dict for objects."""
-OPTIONAL = frozenset({"graph", "host_seconds", "precision"})  # fields a profile may lack (read as null)
+OPTIONAL = frozenset({"graph", "graphed", "host_seconds", "precision"})  # fields a profile may lack
 
 
 def validate(data: Any) -> list[str]:
@@ -332,8 +338,9 @@ def validate(data: Any) -> list[str]:
         problems.append(
             f"batch_size ({data['batch_size']}) and capacity ({data['capacity']}) must be positive"
         )
-    for i, s in enumerate(data["samples"]):
-        where = f"samples[{i}]"
+    listed = [(f"samples[{i}]", s) for i, s in enumerate(data["samples"])]
+    listed += [(f"graphed[{i}]", s) for i, s in enumerate(data.get("graphed", []))]
+    for where, s in listed:
         if s["module"] not in names:
             problems.append(
                 f"{where}.module {s['module']!r} is not one of the profile's modules {sorted(names)}"

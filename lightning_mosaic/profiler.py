@@ -23,6 +23,10 @@ whole profile: repeats shrink to fit the time left, and when it is spent the rem
 skipped (the profile says it is incomplete); every unit's full batch on the whole device is
 measured first and always. The replay leaves the model as it found it: RNG
 states, buffers (BatchNorm statistics), train/eval mode and parameters' ``.grad`` are unchanged.
+
+Given a capture (``engine/graphs.py``; CUDA graphs on a GPU), each unit is then captured at the full
+batch, as training would capture it, and its replays are timed on the whole device: forward and
+backward, device and host (``Profile.graphed``), so the performance model knows what a graph saves.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.clock import Clock
 from lightning_mosaic.devices import DeviceSpec, device_name, unit_label
+from lightning_mosaic.engine.graphable import first
+from lightning_mosaic.engine.graphs import Capture, GraphedCall, Ineligible
 from lightning_mosaic.profile import (
     MemorySample,
     ModuleInfo,
@@ -432,13 +438,17 @@ def profile_units(
     calls: Mapping[str, int] | None = None,
     progress: bool = True,
     precision: str | None = None,
+    capture: Capture | None = None,
+    graph_units: Sequence[str] | None = None,
 ) -> Profile:
     """Time every captured unit alone over ``batch_fractions`` x ``quotas``; see the module docstring.
 
     ``quotas`` are SM counts on a GPU or thread counts on a CPU (default: a grid from the smallest
     the hardware allows); the whole device is always measured too. ``calls`` are calls per step
     (from :class:`InputCapture`); ``precision`` the training precision, kept in the fingerprint
-    (:func:`~lightning_mosaic.profile.precision_of`).
+    (:func:`~lightning_mosaic.profile.precision_of`). With a ``capture``, each of ``graph_units``
+    (default: every unit) is also captured as CUDA graphs and its replays timed at the full batch
+    on the whole device (``Profile.graphed``); a unit that cannot be captured is said in the notes.
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("repeats", repeats)
@@ -512,6 +522,28 @@ def profile_units(
                 log.warning(why)
                 notes.append(why)
     bar.close()
+    graphed: list[Sample] = []
+    if capture is not None:
+        wanted = names if graph_units is None else [n for n in names if n in graph_units]
+        with _model_state_kept([units[n] for n in wanted], device):
+            for name in wanted:
+                if name in failed:
+                    continue
+                try:
+                    graphed.extend(
+                        runner.run(
+                            runner.capacity,
+                            lambda r=replays[name]: _measure_graphed(
+                                r, capture, clock, runner.capacity, warmup, repeats
+                            ),
+                        )
+                    )
+                except Exception as err:  # the eager profile stands without it
+                    cause = err if isinstance(err, Ineligible) else err.__cause__  # a CPU worker's, wrapped
+                    if isinstance(cause, Ineligible):
+                        notes.append(f"{name}: not captured as a CUDA graph (it {first(cause.reasons)})")
+                    else:
+                        notes.append(f"{name}: capturing it as a CUDA graph failed ({_first_line(err)})")
     if failed:  # nothing of theirs is kept: no model is fitted to them
         samples = [s for s in samples if s.module not in failed]
         memory = [m for m in memory if m.module not in failed]
@@ -549,7 +581,46 @@ def profile_units(
         complete=complete,
         notes=notes,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        graphed=graphed,
     )
+
+
+def _measure_graphed(
+    replay: _Replay, capture: Capture, clock: Clock, quota: int, warmup: int, repeats: int
+) -> list[Sample]:
+    """The unit's call at the full batch captured as CUDA graphs; the replays' device and host time
+    (``quota``: the whole device, under which it runs)."""
+    batch = replay.batch_size
+    args, kwargs, leaves = replay.inputs(batch)
+    with replay.context():
+        graphed = GraphedCall(replay.module, replay.module.forward, args, kwargs, capture)
+    surface = replay.params + leaves
+    runs = []
+    with replay.context():
+        for index in range(max(1, warmup) + repeats):
+            if clock.cuda:
+                torch.cuda.synchronize()
+            h0, a = time.perf_counter(), clock.mark()
+            outs = [t for t in iter_tensors(graphed(args, kwargs)) if t.requires_grad]
+            b, h1 = clock.mark(), time.perf_counter()
+            if graphed.backward and outs:
+                torch.autograd.grad(outs, surface, replay.grad_outputs(batch, outs), allow_unused=True)
+            c, h2 = clock.mark(), time.perf_counter()
+            del outs
+            if index >= max(1, warmup):
+                runs.append((a, b, c, h1 - h0, h2 - h1))
+    out = []
+    for index, pass_ in enumerate(("forward", "backward")):
+        if pass_ == "backward" and not graphed.backward:
+            continue
+        times = [clock.seconds(run[index], run[index + 1]) for run in runs]
+        median = statistics.median(times)
+        spread = (max(times) - min(times)) / median if median > 0 else 0.0
+        host = statistics.median(run[3 + index] for run in runs)
+        out.append(
+            Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host)
+        )
+    return out
 
 
 class ReplayError(RuntimeError):

@@ -581,12 +581,16 @@ class Session:
         if self.is_main:
             try:
                 with self.engine.paused() if self.engine is not None else nullcontext():
+                    graphing = self.graphs is not False and self.capture is not None
+                    alone = set(self.graph.effects) if self.graph is not None else set(self.units)
                     profile = profile_units(
                         self.units,
                         capture.captured,
                         self._batch_size,
                         calls=dict(capture.calls),
                         precision=precision_of(self.precision),
+                        capture=self.capture if graphing else None,
+                        graph_units=[u for u in self.units if u not in alone],
                         **self.settings.grid(),
                     )
             except Exception as err:  # profiling is optional: it never ends a run

@@ -62,6 +62,13 @@ def render(profile: Profile, model: PerfModel) -> str:
                 else f"  <- above {MAX_MAPE:.0%}, off the critical path"
             )
         lines.append(f"  {name:<{width}}  {value:.1%}{flag}")
+    if profile.graphed:
+        lines.append(f"as CUDA graphs, batch {profile.batch_size} on the whole device (replayed):")
+        for s in profile.graphed:
+            cost = model.graph_cost(s.module, s.pass_)
+            ratio = f", x{cost[0]:.2f} the eager device time" if cost is not None else ""
+            host = _ms(s.host_seconds) if s.host_seconds is not None else "-"
+            lines.append(f"  {s.module} / {s.pass_}: measured {_ms(s.seconds)}{ratio}, host {host.strip()}")
     lines.append("host: the time to issue the pass (the wall clock around it); measured: the device's time")
     return "\n".join(lines)
 

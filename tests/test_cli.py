@@ -79,6 +79,25 @@ def test_show_prints_measured_vs_held_out_predictions_and_mape(tmp_path, capsys)
     assert all(row.endswith("          -") for row in rows), "no host time in this profile"
     assert "held-out MAPE per module" in out
     assert "  vision  " in out.split("held-out MAPE per module")[1]
+    assert "as CUDA graphs" not in out, "this profile timed no graphs"
+
+
+def test_show_lists_what_the_cuda_graphs_measured(tmp_path, capsys):
+    import dataclasses
+
+    from test_perfmodel import synthetic_profile
+
+    profile = synthetic_profile(0, batches=(8, 16, 32))
+    full = [
+        s for s in profile.samples if s.batch == 32 and s.quota == profile.capacity and s.module == "vision"
+    ]
+    profile.graphed = [dataclasses.replace(s, seconds=s.seconds / 4, host_seconds=3e-5) for s in full]
+    path = tmp_path / "profile.json"
+    profile.save(path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "as CUDA graphs, batch 32 on the whole device (replayed):" in out
+    assert "vision / forward: measured" in out and "x0.25 the eager device time, host 0.030 ms" in out
 
 
 def test_show_flags_a_unit_too_wrong_to_plan_from(tmp_path, capsys):

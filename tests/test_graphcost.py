@@ -92,3 +92,36 @@ def test_units_computed_one_step_ahead_are_not_graphed():
     model = _model()
     chosen = plan(frozen, model, SMALL, 8, graphs=["vision", "audio"])
     assert not set(chosen.lookahead) & set(chosen.graphs)
+
+
+def test_measured_graph_costs_replace_the_estimate():
+    """A profile that timed the graphs gives the replay's host time and the device time it saves."""
+    import dataclasses
+
+    from test_perfmodel import synthetic_profile
+
+    from lightning_mosaic.perfmodel import PerfModel
+
+    profile = synthetic_profile(0)
+    full = [
+        s
+        for s in profile.samples
+        if s.batch == profile.batch_size and s.quota == profile.capacity and s.feasible
+    ]
+    unit = full[0].module
+    profile.graphed = [
+        dataclasses.replace(s, seconds=s.seconds * 0.5, host_seconds=2e-5) for s in full if s.module == unit
+    ]
+    model = PerfModel().fit(profile)
+    ratio, host = model.graph_cost(unit, "forward")
+    assert ratio == pytest.approx(0.5) and host == 2e-5
+    assert PerfModel.from_dict(model.to_dict()).graph_cost(unit, "forward") == (ratio, host)
+    others = [m for m in model.modules if m != unit]
+    assert model.graph_cost(others[0], "forward") is None
+    wrapped = graphed(model, [unit, others[0]])
+    assert wrapped.predict_host(unit, "forward", 16, 64) == 2e-5
+    assert wrapped.predict(unit, "forward", 16, 64) == pytest.approx(
+        0.5 * model.predict(unit, "forward", 16, 64)
+    )
+    assert wrapped.predict(others[0], "forward", 16, 64) == model.predict(others[0], "forward", 16, 64)
+    assert "as a CUDA graph x0.50 device time, 20 us host" in model.describe()

@@ -151,3 +151,15 @@ def test_describe_and_queries():
     assert batch_grid(2, [0.1, 0.25, 1.0]) == [1, 2]
     with pytest.raises(KeyError, match="module 'x' is not in the profile; it has \\['enc', 'frozen'\\]"):
         profile.module("x")
+
+
+def test_graphed_samples_are_checked_and_optional():
+    from dataclasses import replace as copy_with
+
+    profile = make_profile()
+    data = profile.to_dict()
+    del data["graphed"]
+    assert Profile.from_dict(data).graphed == [], "profiles written before graphs read as none"
+    sample = copy_with(profile.samples[0], module="nosuch")
+    data = copy_with(profile, graphed=[sample]).to_dict()
+    assert any("graphed[0].module 'nosuch'" in p for p in validate(data))

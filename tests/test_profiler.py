@@ -365,3 +365,56 @@ def test_a_unit_not_called_is_not_profiled_but_fingerprinted(caplog):
     assert "modules ['unused'] were not called in the captured step" in caplog.text
     assert profile.module_names == ["used"]
     assert profile.fingerprint == fingerprint({"used": used, "unused": unused})  # reusable by the same run
+
+
+def test_units_are_also_timed_as_cuda_graphs_and_the_model_is_left_as_it_was():
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    model, units, capture = captured_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    graphs = EmulatedCapture()
+    profile = profile_units(
+        units,
+        capture.captured,
+        8,
+        warmup=1,
+        repeats=2,
+        progress=False,
+        capture=graphs,
+        graph_units=["enc", "head"],
+    )
+    timed = {(s.module, s.pass_) for s in profile.graphed}
+    assert timed == {("enc", "forward"), ("enc", "backward"), ("head", "forward"), ("head", "backward")}
+    assert all(
+        s.batch == 8 and s.quota == profile.capacity and s.host_seconds is not None for s in profile.graphed
+    )
+    assert all(g.replays >= 3 for g in graphs.graphs), "warmup and timed replays"
+    assert Profile.from_json(profile.to_json()) == profile and validate(profile.to_dict()) == []
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_unit_that_cannot_be_captured_is_profiled_eagerly_and_noted():
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.fc(x)
+            return y * y.max().item()
+
+    unit = Reads()
+    with InputCapture({"reads": unit}) as capture:
+        unit(torch.randn(4, 8)).sum().backward()
+    profile = profile_units({"reads": unit}, capture.captured, 4, warmup=1, repeats=1, progress=False,
+                            capture=EmulatedCapture())  # fmt: skip
+    assert profile.graphed == [] and profile.samples
+    assert any(
+        n.startswith("reads: not captured as a CUDA graph (it reads a tensor's value") for n in profile.notes
+    )

@@ -224,7 +224,7 @@ def _swapped(module: nn.Module, aliases: Mapping[int, torch.Tensor]) -> Iterator
             table[key] = value
 
 
-class _Graphed:
+class GraphedCall:
     """The graphs of one call position and signature of one unit (see the module docstring)."""
 
     def __init__(
@@ -352,7 +352,7 @@ class _Replay(torch.autograd.Function):
     """Forward: replay the forward graph. Backward: replay the backward graph."""
 
     @staticmethod
-    def forward(ctx: Any, graphed: _Graphed, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, graphed: GraphedCall, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.graphed = graphed
         ctx.inputs = len(graphed.inputs)
         outs = graphed.replay_forward(list(tensors[: ctx.inputs]))
@@ -362,7 +362,7 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
-        graphed: _Graphed = ctx.graphed
+        graphed: GraphedCall = ctx.graphed
         computed = iter(graphed.replay_backward(grads))
         # The surface is the grad-requiring inputs, then the parameters: hand each its gradient. The
         # graph's own tensors are returned (never stolen as .grad: this object still holds them).
@@ -414,7 +414,7 @@ class GraphRunner:
         self.capture = capture
         self.max_graphs = max_graphs
         self.modules: dict[str, nn.Module] = {}
-        self.graphs: dict[str, dict[tuple, _Graphed]] = {}
+        self.graphs: dict[str, dict[tuple, GraphedCall]] = {}
         self.dropped: dict[str, str] = {}  # unit -> why it runs eagerly
         self.captures: dict[str, int] = {}
         self._own: dict[str, Any] = {}  # unit -> the instance forward it had before (None: its class's)
@@ -504,7 +504,7 @@ class GraphRunner:
                     )
                     return eager(*args, **kwargs)
                 try:
-                    graphed = _Graphed(module, eager, args, kwargs, self.capture)
+                    graphed = GraphedCall(module, eager, args, kwargs, self.capture)
                 except Ineligible as err:
                     self._drop(name, first(err.reasons))
                     return eager(*args, **kwargs)
