@@ -367,3 +367,19 @@ def test_graphs_auto_captures_the_units_the_profile_shows_launch_bound(tmp_path,
     train(off._root, off, steps=6)
     assert session.plan.method == "heuristic", "with vision graphed, the encoders run side by side"
     assert off.plan.graphs == () and off.plan.is_temporal, "held back by the host, nothing would gain"
+
+
+@pytest.mark.parametrize("graphs", ["auto", False])
+def test_the_profile_times_the_units_graphs_unless_graphs_are_off(tmp_path, graphs):
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    model, session = make(tmp_path, capture=EmulatedCapture(), graphs=graphs)
+    session.start()
+    train(model, session, steps=5)
+    assert session.profile is not None
+    timed = {s.module for s in session.profile.graphed}
+    if graphs is False:
+        assert timed == set()
+    else:
+        assert timed == {"vision", "audio", "head"}
+        assert all(session.perf_model.graph_cost(m, "forward") is not None for m in timed)
