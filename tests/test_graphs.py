@@ -315,7 +315,21 @@ def test_moved_parameters_are_captured_again(caplog):
     with caplog.at_level(logging.INFO, logger="lightning_mosaic"):
         _train(model, runner, steps=1, accumulate=1, seed=2)
         _train(expected, steps=1, accumulate=1, seed=2)
-    assert "its parameters moved in memory; captured again" in caplog.text
+    assert "its parameters or buffers were replaced or moved; captured again" in caplog.text
+    assert runner.captures["tower"] == 2
+    _assert_same(_state(expected), _state(model))
+
+
+def test_a_replaced_parameter_or_buffer_is_captured_again():
+    """The graph reads the memory it captured: a new Parameter object, or a new buffer, needs a new graph."""
+    model = _model()
+    runner, _ = _graphed(model)
+    expected = _model()
+    for m in (model, expected):
+        _train(m, runner if m is model else None, steps=1, accumulate=1)
+        m["tower"].net[0].weight = nn.Parameter(m["tower"].net[0].weight.detach() * 2)
+        m["tower"].net[1].running_mean = m["tower"].net[1].running_mean + 1
+        _train(m, runner if m is model else None, steps=1, accumulate=1, seed=2)
     assert runner.captures["tower"] == 2
     _assert_same(_state(expected), _state(model))
 

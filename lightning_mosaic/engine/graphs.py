@@ -233,7 +233,7 @@ class GraphedCall:
         self.capture = capture
         self.template = (args, kwargs)
         grad = torch.is_grad_enabled()
-        device_type = next((t.device.type for t in iter_tensors((args, kwargs))), "cpu")
+        device_type = device_type_of(module, args, kwargs)
         enabled, dtype = autocast_state(device_type)
         self._autocast = (
             (lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=False))
@@ -245,7 +245,7 @@ class GraphedCall:
             for t in iter_tensors((args, kwargs))
         ]
         self.params = [p for p in module.parameters() if p.requires_grad] if grad else []
-        self.pointers = [p.data_ptr() for p in self.params]
+        self.pointers = [t.data_ptr() for t in (*module.parameters(), *module.buffers())]
         aliases = {id(p): p.detach().requires_grad_(True) for p in self.params}
         self.surface = [t for t in self.inputs if t.requires_grad] + list(aliases.values())
         self._module, self._forward, self._aliases, self._grad = module, forward, aliases, grad
@@ -308,9 +308,16 @@ class GraphedCall:
     def backward(self) -> bool:
         return self.bwd is not None
 
-    def valid(self) -> bool:
-        """The trainable parameters still live where they were captured."""
-        return all(p.data_ptr() == ptr for p, ptr in zip(self.params, self.pointers, strict=True))
+    def valid(self, params: list[nn.Parameter]) -> bool:
+        """``params`` (the unit's, now) are the ones captured, and they and the buffers still live where
+        they were captured (the graph reads that memory)."""
+        trainable = [p for p in params if p.requires_grad] if self._grad else []
+        if len(trainable) != len(self.params) or any(
+            a is not b for a, b in zip(trainable, self.params, strict=True)
+        ):
+            return False
+        now = [t.data_ptr() for t in (*params, *self._module.buffers())]
+        return now == self.pointers
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         tensors = list(iter_tensors((args, kwargs)))
@@ -338,6 +345,14 @@ class GraphedCall:
                 static.copy_(grad)
         self.bwd.replay()
         return self.grads
+
+
+def device_type_of(module: nn.Module, args: tuple, kwargs: dict) -> str:
+    """Where a call runs: its first input tensor's device, else its first parameter's (else CPU)."""
+    first_tensor = next(iter_tensors((args, kwargs)), None)
+    if first_tensor is None:
+        first_tensor = next(module.parameters(), None)
+    return first_tensor.device.type if first_tensor is not None else "cpu"
 
 
 def _needs(tensor: Any) -> bool:
@@ -484,15 +499,14 @@ class GraphRunner:
             self._position[name] = position + 1
             graphs = self.graphs[name]
             params = list(module.parameters())
-            device_type = next((t.device.type for t in iter_tensors((args, kwargs))), "cpu")
-            key = signature(module, args, kwargs, params, device_type)
+            key = signature(module, args, kwargs, params, device_type_of(module, args, kwargs))
             if key is None:
                 self._drop(name, "takes an argument that cannot be compared between calls (no == by value)")
                 return eager(*args, **kwargs)
             key = (position, key)
             graphed = graphs.get(key)
-            if graphed is not None and not graphed.valid():
-                log.info(f"unit {name}: its parameters moved in memory; captured again")
+            if graphed is not None and not graphed.valid(params):
+                log.info(f"unit {name}: its parameters or buffers were replaced or moved; captured again")
                 del graphs[key]
                 graphed = None
             if graphed is None:
