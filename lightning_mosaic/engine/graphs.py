@@ -264,6 +264,8 @@ class GraphedCall:
                         self._grads(outs, [torch.zeros_like(o) for o in outs if _needs(o)])
                     if scan.reasons:
                         raise Ineligible(list(scan.reasons))
+                    del outs
+                self.live, self._out = [], None  # the warmup's activations are freed before the capture
             self.rng = scan.rng
             pool = capture.pool()
             self.fwd, static = capture.capture(self._run, pool)
