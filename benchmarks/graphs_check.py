@@ -20,6 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,23 @@ def host_times(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     return out
 
 
+@contextmanager
+def _emulated_on_cpu(device: torch.device) -> Iterator[None]:
+    """On a CPU (a rehearsal), sessions capture with EmulatedCapture: replays run eagerly and the
+    numbers stay bitwise. Put back afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    import lightning_mosaic.session as session
+
+    saved = session.capture_for
+    session.capture_for = lambda _: EmulatedCapture()
+    try:
+        yield
+    finally:
+        session.capture_for = saved
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accelerator", default="gpu")
@@ -159,17 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
-    if device.type == "cpu":  # a rehearsal: graphs emulated (replays run eagerly), numbers bitwise
-        import lightning_mosaic.session
-
-        lightning_mosaic.session.capture_for = lambda _: EmulatedCapture()
     started = time.perf_counter()
-    result: dict[str, Any] = {
-        "benchmark": "graphs_check",
-        **environment(device),
-        "config": vars(args) | {"out": None},
-    }
-    result["numerics"] = [numerics(args, precision) for precision in ("32-true", "bf16-mixed")]
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result: dict[str, Any] = {"benchmark": "graphs_check", **environment(device), "config": config}
+    with _emulated_on_cpu(device):
+        result["numerics"] = [numerics(args, precision) for precision in ("32-true", "bf16-mixed")]
     result["host"] = host_times(args, device)
     result["wall_s"] = time.perf_counter() - started
     for n in result["numerics"]:

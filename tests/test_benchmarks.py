@@ -83,8 +83,17 @@ def test_the_proof_writes_one_file_with_every_result(tmp_path):
     assert set(result["host_vs_device"]) == set(result["profile"]["fingerprint"]["modules"])
     assert all(t["host_s"] > 0 for passes in result["host_vs_device"].values() for t in passes.values())
     assert document["goals"] == {"measured": False}, "one round: no ratio, so no goal is judged"
-    skipped = main([*args, "--budget-seconds", "1", "--out", str(out)])
-    assert skipped["results"][0]["skipped"].startswith("budget: ")
+    assert set(result["samples_per_s"]) == {"temporal", "naive", "mosaic", "temporal_graphs", "mosaic_eager"}
+    graphs = document["graphs"]
+    assert [n["precision"] for n in graphs["numerics"]] == ["32-true", "bf16-mixed"]
+    assert all(n["allclose"] and n["bitwise_equal"] for n in graphs["numerics"]), "emulated on a CPU: bitwise"
+    assert set(graphs["host"]["forward_host_ratio"]) == {"vision", "audio", "projector", "llm"}
+    import lightning_mosaic.session
+    from lightning_mosaic.engine.graphs import capture_for
+
+    assert lightning_mosaic.session.capture_for is capture_for, "the CPU rehearsal put the capture back"
+    skipped = main([*args, "--budget-seconds", "1", "--no-graphs", "--out", str(out)])
+    assert skipped["results"][0]["skipped"].startswith("budget: ") and skipped["graphs"] is None
 
 
 @pytest.mark.parametrize("model", ["demo", "avlm"])
