@@ -405,3 +405,19 @@ def test_graphs_option_is_checked():
     with pytest.raises(ValueError, match=r"graphs='yes' is not one of 'auto' .*, True .* or False"):
         check_graphs("yes")
     assert capture_for(torch.device("cpu")) is None, "CUDA graphs need a CUDA device"
+
+
+def test_sharded_units_are_not_captured(tmp_path):
+    """FSDP2 gathers a sharded unit's parameters into new memory at every call."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = _model()
+        fully_shard(model["tower"], mesh=init_device_mesh("cpu", (1,)))
+        runner, _ = _graphed(model)
+        assert runner.dropped["tower"] == "holds sharded parameters (FSDP2), gathered anew at every call"
+    finally:
+        dist.destroy_process_group()

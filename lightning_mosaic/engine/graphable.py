@@ -88,6 +88,16 @@ def put_back(scan: Scan) -> None:
         generator.set_state(state)
 
 
+def sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds DTensor parameters (FSDP2): gathered into new memory at every call,
+    which a graph, bound to the memory it captured, cannot follow."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed
+        return False
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
 def hooked_parts(module: nn.Module) -> list[str]:
     """Submodules of ``module`` (not itself) with forward or backward hooks: a replay runs none."""
     found = []

@@ -31,7 +31,7 @@ update is seen by the next replay and no hook on a parameter fires during warmup
 parameter whose memory moved (reassigned) makes its graphs captured again.
 
 What is never captured, each said once in the log, the unit then running eagerly: what the scan
-finds; submodules with hooks; arguments that cannot be compared between calls; more than
+finds; submodules with hooks; units with sharded (FSDP2) parameters; arguments that cannot be compared between calls; more than
 :data:`MAX_GRAPHS` graphs for one unit (its input shapes keep changing); a capture that fails.
 Calls outside training steps (validation, prediction, the profiler's replays) always run eagerly.
 
@@ -62,6 +62,7 @@ from lightning_mosaic.engine.graphable import (
     first,
     hooked_parts,
     put_back,
+    sharded,
     signature,
 )
 
@@ -445,6 +446,9 @@ class GraphRunner:
         if active is not None:
             self.active = active
         for name, module in units.items():
+            if sharded(module):
+                self._drop(name, "holds sharded parameters (FSDP2), gathered anew at every call")
+                continue
             hooked = hooked_parts(module)
             if hooked:
                 self._drop(name, f"its parts {first(hooked)} have hooks, which a replay would not run")
