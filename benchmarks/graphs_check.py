@@ -6,7 +6,8 @@
    units were captured, and why any was not, is recorded.
 2. Host time per unit: the demo model's training loop through the engine, eager vs every unit
    graphed: the host's time inside each unit's forward call (hooks around it, no synchronisation),
-   the host's time of a whole step until ``backward()`` returns, and the device's step time.
+   the host's time of a whole step until ``backward()`` returns, and the device's step time; and
+   the runner's bookkeeping per graphed call (signature, parameter checks), which a replay adds.
 
     python benchmarks/graphs_check.py --out graphs.json                    # on a GPU
     python benchmarks/graphs_check.py --accelerator cpu --size tiny --out g.json   # CPU: emulated graphs
@@ -31,7 +32,8 @@ import torch
 from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.engine import Engine
-from lightning_mosaic.engine.graphs import CudaCapture, EmulatedCapture
+from lightning_mosaic.engine.graphable import signature
+from lightning_mosaic.engine.graphs import CudaCapture, EmulatedCapture, GraphedCall, device_type_of
 from lightning_mosaic.selection import select_modules
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -85,6 +87,37 @@ def _start(starts: dict, unit: str) -> None:
 
 def _stop(starts: dict, spent: dict, unit: str) -> None:
     spent[unit].append(time.perf_counter() - starts[unit])
+
+
+def bookkeeping(args: argparse.Namespace, device: torch.device, calls: int = 2000) -> dict[str, float]:
+    """Microseconds the runner spends per graphed call before the replay: the call's signature and
+    the check that parameters and buffers are where they were captured (median of 5 x ``calls``)."""
+    model = DemoMultimodalModel(args.size).to(device)
+    data = DemoDataModule(args.size, batch_size=args.batch_size, num_samples=args.batch_size)
+    data.setup("fit")
+    batch = {k: v.to(device) for k, v in next(iter(data.train_dataloader())).items()}
+    units = select_modules(model)
+    seen: dict[str, tuple] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, k, u=u: seen.setdefault(u, (a, k)), with_kwargs=True)
+        for u, m in units.items()
+    ]
+    model._loss(batch)
+    for hook in hooks:
+        hook.remove()
+    out = {}
+    for unit, (a, k) in seen.items():
+        module = units[unit]
+        graphed = GraphedCall(module, module.forward, a, k, EmulatedCapture())
+        rounds = []
+        for _ in range(5):
+            began = time.perf_counter()
+            for _ in range(calls):
+                signature(module, a, k, device_type_of(module, a, k))
+                graphed.valid()
+            rounds.append((time.perf_counter() - began) / calls * 1e6)
+        out[unit] = statistics.median(rounds)
+    return out
 
 
 def host_times(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -143,6 +176,7 @@ def host_times(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
             "step_s": statistics.median(device_s),
             "eager_units": dropped,
         }
+    out["bookkeeping_us"] = bookkeeping(args, device)
     out["forward_host_ratio"] = {
         u: out["eager"]["unit_forward_host_s"][u] / g
         for u, g in out["graphs"]["unit_forward_host_s"].items()
@@ -192,7 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     h = result["host"]
     for unit, ratio in h["forward_host_ratio"].items():
-        print(f"host time of {unit}'s forward: eager/graphed {ratio:.2f}x")
+        print(
+            f"host time of {unit}'s forward: eager/graphed {ratio:.2f}x;"
+            f" bookkeeping per graphed call {h['bookkeeping_us'][unit]:.1f} us"
+        )
     print(
         f"step: host {h['eager']['step_host_s'] * 1e3:.2f} -> {h['graphs']['step_host_s'] * 1e3:.2f} ms,"
         f" device {h['eager']['step_s'] * 1e3:.2f} -> {h['graphs']['step_s'] * 1e3:.2f} ms"

@@ -234,11 +234,33 @@ def test_hooked_parts_are_not_captured():
 def test_arguments_compared_by_value():
     unit = nn.Linear(8, 8)
     x = torch.randn(2, 8)
-    a = signature(unit, (x,), {"scale": 2}, list(unit.parameters()), "cpu")
-    assert a == signature(unit, (torch.ones(2, 8),), {"scale": 2}, list(unit.parameters()), "cpu")
-    assert a != signature(unit, (x,), {"scale": 3}, list(unit.parameters()), "cpu")
-    assert a != signature(unit, (torch.randn(3, 8),), {"scale": 2}, list(unit.parameters()), "cpu")
-    assert signature(unit, (x, object()), {}, list(unit.parameters()), "cpu") is None
+    a = signature(unit, (x,), {"scale": 2}, "cpu")
+    assert a == signature(unit, (torch.ones(2, 8),), {"scale": 2}, "cpu")
+    assert a != signature(unit, (x,), {"scale": 3}, "cpu")
+    assert a != signature(unit, (torch.randn(3, 8),), {"scale": 2}, "cpu")
+    assert signature(unit, (x, object()), {}, "cpu") is None
+    plain = signature(unit, (x,), {}, "cpu")  # plain tensor arguments: the short path
+    assert plain == signature(unit, (torch.zeros(2, 8),), {}, "cpu")
+    assert plain != signature(unit, (x.double(),), {}, "cpu")
+    assert plain != signature(unit, (x.requires_grad_(),), {}, "cpu")
+    assert plain != signature(unit, (torch.zeros(2, 8), torch.zeros(2, 8)), {}, "cpu")
+    with torch.no_grad():
+        assert plain != signature(unit, (torch.zeros(2, 8),), {}, "cpu")
+    unit.eval()
+    assert plain != signature(unit, (torch.zeros(2, 8),), {}, "cpu")
+
+
+def test_freezing_a_parameter_recaptures():
+    """requires_grad changes what the backward differentiates: the graph no longer serves."""
+    model = _model()
+    runner, _ = _graphed(model)
+    expected = _model()
+    for m in (model, expected):
+        _train(m, runner if m is model else None, steps=1, accumulate=1)
+        m["tower"].net[0].requires_grad_(False)
+        _train(m, runner if m is model else None, steps=1, accumulate=1, seed=2)
+    assert runner.captures["tower"] == 2
+    _assert_same(_state(expected), _state(model))
 
 
 class Keywords(nn.Module):

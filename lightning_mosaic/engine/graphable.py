@@ -14,7 +14,8 @@ the middle of the work, and a captured graph only serves a call that looks like 
 - :func:`hooked_parts` names submodules with hooks: a graph replays none of them.
 - :func:`signature` is what must match between the captured call and a replayed one: the shapes,
   dtypes, devices and ``requires_grad`` of the input tensors, every other argument (compared by
-  value), grad mode, train/eval mode, autocast, and which parameters are trainable.
+  value), grad mode, train/eval mode and autocast. (Which parameters are trainable, and where
+  parameters and buffers live, a graph checks itself: ``GraphedCall.valid``.)
 """
 
 from __future__ import annotations
@@ -138,27 +139,26 @@ def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
     return False, None
 
 
-def signature(
-    module: nn.Module, args: tuple, kwargs: dict, params: list[nn.Parameter], device_type: str
-) -> tuple | None:
+def signature(module: nn.Module, args: tuple, kwargs: dict, device_type: str) -> tuple | None:
     """What a replayed call must share with the captured one (hashable); None when the arguments
-    other than tensors cannot be compared by value (objects without a value equality)."""
-    metas = tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in iter_tensors((args, kwargs)))
-    rest = map_tensors(lambda _: _HOLE, (args, kwargs))
-    try:
-        hash(_frozen(rest))
-    except TypeError:
-        return None
-    if _has_identity_only(rest):
-        return None
-    return (
-        metas,
-        _frozen(rest),
-        torch.is_grad_enabled(),
-        module.training,
-        autocast_state(device_type),
-        tuple(p.requires_grad for p in params),
-    )
+    other than tensors cannot be compared by value (objects without a value equality).
+
+    Called at every graphed call, so plain tensor arguments (the common case) take a short path.
+    """
+    if not kwargs and all(type(a) is torch.Tensor for a in args):
+        metas = tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args)
+        rest: Any = len(args)
+    else:
+        metas = tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in iter_tensors((args, kwargs)))
+        skeleton = map_tensors(lambda _: _HOLE, (args, kwargs))
+        if _has_identity_only(skeleton):
+            return None
+        rest = _frozen(skeleton)
+        try:
+            hash(rest)
+        except TypeError:
+            return None
+    return (metas, rest, torch.is_grad_enabled(), module.training, autocast_state(device_type))
 
 
 def _frozen(obj: Any) -> Any:

@@ -247,7 +247,7 @@ class GraphedCall:
             for t in iter_tensors((args, kwargs))
         ]
         self.params = [p for p in module.parameters() if p.requires_grad] if grad else []
-        self.pointers = [t.data_ptr() for t in (*module.parameters(), *module.buffers())]
+        self.slots = _slots(module)
         aliases = {id(p): p.detach().requires_grad_(True) for p in self.params}
         self.surface = [t for t in self.inputs if t.requires_grad] + list(aliases.values())
         self._module, self._forward, self._aliases, self._grad = module, forward, aliases, grad
@@ -312,16 +312,13 @@ class GraphedCall:
     def backward(self) -> bool:
         return self.bwd is not None
 
-    def valid(self, params: list[nn.Parameter]) -> bool:
-        """``params`` (the unit's, now) are the ones captured, and they and the buffers still live where
-        they were captured (the graph reads that memory)."""
-        trainable = [p for p in params if p.requires_grad] if self._grad else []
-        if len(trainable) != len(self.params) or any(
-            a is not b for a, b in zip(trainable, self.params, strict=True)
-        ):
-            return False
-        now = [t.data_ptr() for t in (*params, *self._module.buffers())]
-        return now == self.pointers
+    def valid(self) -> bool:
+        """The unit's parameters and buffers are the tensors captured, in the same memory, with the
+        same ``requires_grad`` (the graph reads that memory and differentiates those)."""
+        return all(
+            table.get(key) is tensor and tensor.data_ptr() == pointer and tensor.requires_grad == wanted
+            for table, key, tensor, pointer, wanted in self.slots
+        )
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         tensors = list(iter_tensors((args, kwargs)))
@@ -351,8 +348,22 @@ class GraphedCall:
         return self.grads
 
 
+def _slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor, int, bool]]:
+    """Every parameter and buffer of ``module``: where it is held, the tensor, its memory and
+    ``requires_grad``, to check cheaply at each call that nothing was replaced."""
+    found = []
+    for part in module.modules():
+        for table in (part._parameters, part._buffers):
+            for key, tensor in table.items():
+                if tensor is not None:
+                    found.append((table, key, tensor, tensor.data_ptr(), tensor.requires_grad))
+    return found
+
+
 def device_type_of(module: nn.Module, args: tuple, kwargs: dict) -> str:
     """Where a call runs: its first input tensor's device, else its first parameter's (else CPU)."""
+    if args and type(args[0]) is torch.Tensor:
+        return args[0].device.type
     first_tensor = next(iter_tensors((args, kwargs)), None)
     if first_tensor is None:
         first_tensor = next(module.parameters(), None)
@@ -505,14 +516,13 @@ class GraphRunner:
             position = self._position.get(name, 0)
             self._position[name] = position + 1
             graphs = self.graphs[name]
-            params = list(module.parameters())
-            key = signature(module, args, kwargs, params, device_type_of(module, args, kwargs))
+            key = signature(module, args, kwargs, device_type_of(module, args, kwargs))
             if key is None:
                 self._drop(name, "takes an argument that cannot be compared between calls (no == by value)")
                 return eager(*args, **kwargs)
             key = (position, key)
             graphed = graphs.get(key)
-            if graphed is not None and not graphed.valid(params):
+            if graphed is not None and not graphed.valid():
                 log.info(f"unit {name}: its parameters or buffers were replaced or moved; captured again")
                 del graphs[key]
                 graphed = None
