@@ -594,21 +594,30 @@ def _measure_graphed(
     args, kwargs, leaves = replay.inputs(batch)
     with replay.context():
         graphed = GraphedCall(replay.module, replay.module.forward, args, kwargs, capture)
+    # The backward runs as in training, into .grad (set to None before each run, as after
+    # zero_grad): a replay hands autograd the graph's gradients, which it copies rather than keeps.
     surface = replay.params + leaves
+    kept = [t.grad for t in surface]
     runs = []
-    with replay.context():
-        for index in range(max(1, warmup) + repeats):
-            if clock.cuda:
-                torch.cuda.synchronize()
-            h0, a = time.perf_counter(), clock.mark()
-            outs = [t for t in iter_tensors(graphed(args, kwargs)) if t.requires_grad]
-            b, h1 = clock.mark(), time.perf_counter()
-            if graphed.backward and outs:
-                torch.autograd.grad(outs, surface, replay.grad_outputs(batch, outs), allow_unused=True)
-            c, h2 = clock.mark(), time.perf_counter()
-            del outs
-            if index >= max(1, warmup):
-                runs.append((a, b, c, h1 - h0, h2 - h1))
+    try:
+        with replay.context():
+            for index in range(max(1, warmup) + repeats):
+                for t in surface:
+                    t.grad = None
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                h0, a = time.perf_counter(), clock.mark()
+                outs = [t for t in iter_tensors(graphed(args, kwargs)) if t.requires_grad]
+                b, h1 = clock.mark(), time.perf_counter()
+                if graphed.backward and outs:
+                    torch.autograd.backward(outs, replay.grad_outputs(batch, outs), inputs=surface)
+                c, h2 = clock.mark(), time.perf_counter()
+                del outs
+                if index >= max(1, warmup):
+                    runs.append((a, b, c, h1 - h0, h2 - h1))
+    finally:
+        for t, grad in zip(surface, kept, strict=True):
+            t.grad = grad
     out = []
     for index, pass_ in enumerate(("forward", "backward")):
         if pass_ == "backward" and not graphed.backward:
