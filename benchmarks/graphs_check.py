@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     result: dict[str, Any] = {"benchmark": "graphs_check", **environment(device), "config": config}
+    if device.type == "cpu":
+        result["note"] = (
+            "CPU rehearsal: graphs are emulated (a replay runs the unit again eagerly), so the host and"
+            " step times say nothing about CUDA graphs; the numerics and the bookkeeping per call are"
+            " what it measures"
+        )
     with _emulated_on_cpu(device):
         result["numerics"] = [numerics(args, precision) for precision in ("32-true", "bf16-mixed")]
     result["host"] = host_times(args, device)
