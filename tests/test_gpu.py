@@ -186,3 +186,54 @@ def test_the_accelerate_adapter_on_the_gpu(tmp_path):
     _assert_close(plain, mosaic, rtol=1e-5, atol=1e-6)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize(
+    "make", [(demo_model, demo_data), (hf_model, hf_loader)], ids=["two-encoder", "hugging-face"]
+)
+def test_cuda_graphs_allclose_to_plain_lightning_after_10_steps(make, precision):
+    """Every unit that can be captured replays CUDA graphs on the GPU; the numbers stay eager's."""
+    model_fn, data_fn = make
+    _, plain = _fit(model_fn(), "auto", data_fn(), precision=precision)
+    strategy = MosaicStrategy(plan="temporal", graphs=True)
+    _, graphed = _fit(model_fn(), strategy, data_fn(), precision=precision)
+    assert strategy.plan.graphs, strategy.plan.describe()
+    tolerance = dict(rtol=1e-4, atol=1e-5) if precision == "32-true" else dict(rtol=1e-2, atol=1e-3)
+    _assert_close(plain, graphed, **tolerance)
+
+
+def test_a_cuda_capture_that_needs_the_host_falls_back_to_eager():
+    from torch import nn
+
+    from lightning_mosaic.engine.graphs import CudaCapture, GraphRunner
+
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            return y * y.abs().max().item()
+
+    torch.manual_seed(0)
+    unit, x = Reads().cuda(), torch.randn(4, 8, device="cuda")
+    expected = unit(x)
+    runner = GraphRunner(CudaCapture(torch.device("cuda")))
+    runner.attach({"unit": unit})
+    runner.new_step()
+    assert torch.equal(unit(x), expected)
+    assert "reads a tensor's value on the host" in runner.dropped["unit"]
+    plain = nn.Linear(8, 8).cuda()
+    runner.detach()
+    runner.attach({"plain": plain})
+    for _ in range(3):
+        runner.new_step()
+        out = plain(x)
+        out.sum().backward()
+    assert (
+        len(runner.graphs["plain"]) == 1
+        and runner.graphs["plain"][next(iter(runner.graphs["plain"]))].backward
+    )
+    assert torch.allclose(out, torch.nn.functional.linear(x, plain.weight, plain.bias))
