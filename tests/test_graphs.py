@@ -250,19 +250,6 @@ def test_arguments_compared_by_value():
     assert plain != signature(unit, (torch.zeros(2, 8),), {}, "cpu")
 
 
-def test_freezing_a_parameter_recaptures():
-    """requires_grad changes what the backward differentiates: the graph no longer serves."""
-    model = _model()
-    runner, _ = _graphed(model)
-    expected = _model()
-    for m in (model, expected):
-        _train(m, runner if m is model else None, steps=1, accumulate=1)
-        m["tower"].net[0].requires_grad_(False)
-        _train(m, runner if m is model else None, steps=1, accumulate=1, seed=2)
-    assert runner.captures["tower"] == 2
-    _assert_same(_state(expected), _state(model))
-
-
 class Keywords(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -342,15 +329,24 @@ def test_moved_parameters_are_captured_again(caplog):
     _assert_same(_state(expected), _state(model))
 
 
-def test_a_replaced_parameter_or_buffer_is_captured_again():
-    """The graph reads the memory it captured: a new Parameter object, or a new buffer, needs a new graph."""
+def _freeze(tower: nn.Module) -> None:
+    tower.net[0].requires_grad_(False)  # what the backward differentiates changes
+
+
+def _replace(tower: nn.Module) -> None:
+    tower.net[0].weight = nn.Parameter(tower.net[0].weight.detach() * 2)  # another Parameter object
+    tower.net[1].running_mean = tower.net[1].running_mean + 1  # another buffer
+
+
+@pytest.mark.parametrize("change", [_freeze, _replace], ids=["frozen-parameter", "replaced-tensors"])
+def test_a_unit_changed_between_steps_is_captured_again(change):
+    """The graph reads the memory it captured and differentiates what was trainable then."""
     model = _model()
     runner, _ = _graphed(model)
     expected = _model()
     for m in (model, expected):
         _train(m, runner if m is model else None, steps=1, accumulate=1)
-        m["tower"].net[0].weight = nn.Parameter(m["tower"].net[0].weight.detach() * 2)
-        m["tower"].net[1].running_mean = m["tower"].net[1].running_mean + 1
+        change(m["tower"])
         _train(m, runner if m is model else None, steps=1, accumulate=1, seed=2)
     assert runner.captures["tower"] == 2
     _assert_same(_state(expected), _state(model))
