@@ -54,7 +54,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lightning_mosaic._logging import get_logger
+from lightning_mosaic._logging import get_logger, warn_once
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.engine.graphable import (
     Scan,
@@ -463,7 +463,7 @@ class GraphRunner:
                 continue
             hooked = hooked_parts(module)
             if hooked:
-                self._drop(name, f"its parts {first(hooked)} have hooks, which a replay would not run")
+                self._drop(name, f"has hooks on its parts {first(hooked)}, which a replay would not run")
                 continue
             self.modules[name] = module
             self.graphs[name] = {}
@@ -507,7 +507,8 @@ class GraphRunner:
             return
         self.dropped[name] = why
         self.graphs[name] = {}  # frees its graphs
-        log.warning(f"unit {name} is not captured as a CUDA graph: it {why}; it runs eagerly")
+        message = f"unit {name} is not captured as a CUDA graph: it {why}; it runs eagerly"
+        warn_once(log, f"graphs-{name}-{why}", message)
 
     def _call(self, name: str, module: nn.Module, eager: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
