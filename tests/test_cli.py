@@ -244,7 +244,7 @@ def test_plan_what_if_graphs_compares_with_and_without(tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["plan", str(path), "--batch-size", "32", "--what-if", "graphs", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "vision: host 100.000 ms" in text and "(launch-bound: graphed)" in text
+    assert "vision: host 100.000 ms" in text and "(launch-bound: graphed, then host 0.120 ms" in text
     assert "(device-bound)" in text
     plan = Plan.load(out)
     assert plan.graphs == ("vision",)
