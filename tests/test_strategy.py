@@ -852,21 +852,35 @@ def emulated_graphs(monkeypatch):
         (demo_model, demo_data, dict(plan="temporal", micro_batches=2)),
         (hf_model, hf_loader, dict(plan="temporal")),
         (demo_model, demo_data, dict(plan="concurrent", backend=RecordingBackend)),
+        (demo_model, demo_data, dict(plan="concurrent", backend=RecordingBackend, micro_batches=2)),
     ],
-    ids=["demo", "demo-micro-batches", "hugging-face", "demo-concurrent"],
+    ids=["demo", "demo-micro-batches", "hugging-face", "demo-concurrent", "demo-concurrent-micro-batches"],
 )
 def test_graphed_units_train_bitwise_like_plain_lightning(emulated_graphs, make, data, options):
+    from contextlib import nullcontext
+
+    from helpers import long_lived
+
+    from lightning_mosaic.engine import find_races
+
     options = dict(options)
-    if options.get("backend") is RecordingBackend:
-        options["backend"] = RecordingBackend()
+    recording = options.get("backend") is RecordingBackend
+    if recording:
+        options["backend"] = RecordingBackend(keep_alive=True)
     micro = options.get("micro_batches")
     plain = make()
     reference = MosaicStrategy(plan="temporal", graphs=False, micro_batches=micro) if micro else "auto"
     trainer(reference, accumulate_grad_batches=2).fit(plain, data())
     graphed = make()
     t = trainer(MosaicStrategy(graphs=True, **options), accumulate_grad_batches=2)
-    t.fit(graphed, data())
+    with options["backend"].recording() if recording else nullcontext():
+        t.fit(graphed, data())
     assert_bitwise_equal(parameters(plain), parameters(graphed))
+    if recording:  # the replays' copies in and out, on the units' streams, are ordered like their work
+        log = options["backend"].log
+        assert any(e.kind == "launch" and e.stream == "audio" for e in log), "the units' work was recorded"
+        races = find_races(log, long_lived(graphed))
+        assert not races, races[:3]
     assert set(t.strategy.plan.graphs) == set(t.strategy.units) - set(t.strategy.graph.effects)
     replays = sum(g.replays for g in emulated_graphs.graphs)
     assert replays >= 10 * len(t.strategy.plan.graphs), "every training step replayed the graphs"
