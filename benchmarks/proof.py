@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
             began = time.perf_counter()
             with tempfile.TemporaryDirectory() as scratch:
                 try:
-                    with_graphs = (
-                        not args.no_graphs and batch == args.batch_sizes[0]
-                    )  # on vs off, once a model
+                    # CUDA graphs on vs off: once per model, at its first batch size
+                    with_graphs = not args.no_graphs and batch == args.batch_sizes[0]
                     result = run_one(model, batch, args, Path(scratch), graphs=with_graphs)
                 except Exception as err:  # one configuration failing must not lose the others
                     result = {
