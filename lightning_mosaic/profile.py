@@ -230,6 +230,9 @@ class Profile:
                 f"  {info.name}: {info.parameters:,} parameters ({kind}); full batch on the whole device:"
                 f" {times}" + (f"; {infeasible} infeasible points" if infeasible else "")
             )
+        if self.graphed:
+            units = list(dict.fromkeys(s.module for s in self.graphed))
+            lines.append(f"  timed as CUDA graphs too (full batch, whole device): {', '.join(units)}")
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 

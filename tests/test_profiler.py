@@ -391,6 +391,7 @@ def test_units_are_also_timed_as_cuda_graphs_and_the_model_is_left_as_it_was():
     )
     assert all(g.replays >= 3 for g in graphs.graphs), "warmup and timed replays"
     assert Profile.from_json(profile.to_json()) == profile and validate(profile.to_dict()) == []
+    assert "timed as CUDA graphs too (full batch, whole device): enc, head" in profile.describe()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert torch.equal(torch.get_rng_state(), rng)
