@@ -212,6 +212,37 @@ def test_calls_a_replay_cannot_reproduce_run_eagerly_and_say_why(kind, reason, c
         assert torch.equal(a, b), "the scan's warmup left no trace (random numbers put back)"
 
 
+class Cache:
+    """A cache object, as Hugging Face models return in their outputs (compared by identity)."""
+
+    def __init__(self, keys: torch.Tensor) -> None:
+        self.keys = keys
+
+
+class Cached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        y = self.fc(x)
+        return y, Cache(y)
+
+
+def test_an_output_object_a_replay_cannot_refresh_is_not_captured():
+    unit = Cached()
+    runner = GraphRunner(EmulatedCapture())
+    runner.attach({"unit": unit})
+    x = torch.randn(2, 8)
+    for _ in range(2):
+        runner.new_step()
+        out, cache = unit(x)
+        assert cache.keys is not None and torch.equal(cache.keys, out)
+    assert (
+        runner.dropped["unit"] == "returns a Cache object, which a replay would hand out as it was captured"
+    )
+
+
 def test_the_default_generator_is_graph_safe():
     scan = Scan()
     with scan:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_mosaic._tree import iter_tensors, map_tensors
+from lightning_mosaic._tree import iter_tensors, leaves_with_paths, map_tensors
 
 _aten = torch.ops.aten
 _HOST_READS = {_aten._local_scalar_dense.default}
@@ -182,6 +182,15 @@ def _has_identity_only(obj: Any) -> bool:
     if obj is None or isinstance(obj, _VALUES):
         return False
     return type(obj).__eq__ is object.__eq__
+
+
+def opaque_leaf(obj: Any) -> str | None:
+    """The type name of the first leaf of ``obj`` (tensors aside) compared by identity alone (a
+    cache object in a model's output), which a replay would hand out as it was captured; else None."""
+    for _, leaf in leaves_with_paths(obj):
+        if not isinstance(leaf, torch.Tensor) and _has_identity_only(leaf):
+            return type(leaf).__name__
+    return None
 
 
 def describe_inputs(args: tuple, kwargs: dict) -> str:

@@ -62,6 +62,7 @@ from lightning_mosaic.engine.graphable import (
     describe_inputs,
     first,
     hooked_parts,
+    opaque_leaf,
     put_back,
     sharded,
     signature,
@@ -274,6 +275,11 @@ class GraphedCall:
             self.outputs = [o.detach() if isinstance(o, torch.Tensor) else o for o in static]
             self.needs = [_needs(o) for o in static]
             self.structure = self._out
+            opaque = opaque_leaf(self.structure)
+            if opaque is not None:
+                raise Ineligible(
+                    [f"returns a {opaque} object, which a replay would hand out as it was captured"]
+                )
             self.bwd = None
             self.grad_outputs: list = []
             self.grads: list = []
