@@ -31,7 +31,8 @@ update is seen by the next replay and no hook on a parameter fires during warmup
 parameter whose memory moved (reassigned) makes its graphs captured again.
 
 What is never captured, each said once in the log, the unit then running eagerly: what the scan
-finds; submodules with hooks; units with sharded (FSDP2) parameters; arguments that cannot be
+finds; submodules with hooks; units with sharded (FSDP2) parameters; outputs holding objects
+compared by identity (a cache), which a replay would hand out as captured; arguments that cannot be
 compared between calls; more than :data:`MAX_GRAPHS` graphs for one unit (its input shapes keep
 changing); a capture that fails.
 Calls outside training steps (validation, prediction, the profiler's replays) always run eagerly.
