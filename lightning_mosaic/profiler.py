@@ -328,26 +328,11 @@ class _Replay:
             torch.autograd.grad(outs, self.params + leaves, self.grad_outputs(batch, outs), allow_unused=True)
 
     def run(self, batch: int, clock: Clock, times: int) -> list[tuple[float, float, float, float]]:
-        """``times`` forward (+ backward) runs; (forward, backward) device seconds and (forward,
-        backward) host seconds of each.
-
-        The host's is the wall clock around each call: the time this thread takes to issue the
-        pass (on a CPU, to run it). On a GPU each run starts on an empty queue, so no wait for
-        earlier work counts as issuing.
-        """
-        marks = []
+        """``times`` forward (+ backward) runs, timed by :func:`_timed`."""
         with self.context():
-            for _ in range(times):
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                h0, a = time.perf_counter(), clock.mark()
-                outs = self.forward(batch)
-                b, h1 = clock.mark(), time.perf_counter()
-                self.backward_pass(batch, outs)
-                c, h2 = clock.mark(), time.perf_counter()
-                del outs
-                marks.append((a, b, c, h1 - h0, h2 - h1))
-        return [(clock.seconds(a, b), clock.seconds(b, c), fh, bh) for a, b, c, fh, bh in marks]
+            return _timed(
+                clock, times, lambda: self.forward(batch), lambda outs: self.backward_pass(batch, outs)
+            )
 
     def memory(self, batch: int) -> MemorySample:
         """One forward + backward on the whole device: saved activations, and the CUDA peak."""
@@ -598,37 +583,70 @@ def _measure_graphed(
     # zero_grad): a replay hands autograd the graph's gradients, which it copies rather than keeps.
     surface = replay.params + leaves
     kept = [t.grad for t in surface]
-    runs = []
+
+    def empty_grads() -> None:
+        for t in surface:
+            t.grad = None
+
+    def forward() -> list[torch.Tensor]:
+        return [t for t in iter_tensors(graphed(args, kwargs)) if t.requires_grad]
+
+    def backward(outs: list[torch.Tensor]) -> None:
+        if graphed.backward and outs:
+            torch.autograd.backward(outs, replay.grad_outputs(batch, outs), inputs=surface)
+
     try:
         with replay.context():
-            for index in range(max(1, warmup) + repeats):
-                for t in surface:
-                    t.grad = None
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                h0, a = time.perf_counter(), clock.mark()
-                outs = [t for t in iter_tensors(graphed(args, kwargs)) if t.requires_grad]
-                b, h1 = clock.mark(), time.perf_counter()
-                if graphed.backward and outs:
-                    torch.autograd.backward(outs, replay.grad_outputs(batch, outs), inputs=surface)
-                c, h2 = clock.mark(), time.perf_counter()
-                del outs
-                if index >= max(1, warmup):
-                    runs.append((a, b, c, h1 - h0, h2 - h1))
+            runs = _timed(clock, max(1, warmup) + repeats, forward, backward, empty_grads)[max(1, warmup) :]
     finally:
         for t, grad in zip(surface, kept, strict=True):
             t.grad = grad
+    return _samples(replay.name, batch, quota, runs, graphed.backward)
+
+
+def _timed(
+    clock: Clock,
+    times: int,
+    forward: Callable[[], Any],
+    backward: Callable[[Any], None],
+    before: Callable[[], None] | None = None,
+) -> list[tuple[float, float, float, float]]:
+    """``times`` runs of ``forward`` then ``backward(its outputs)`` (each after ``before()``, untimed):
+    (forward, backward) device seconds and (forward, backward) host seconds of each.
+
+    The host's is the wall clock around each call: the time this thread takes to issue the pass (on
+    a CPU, to run it). On a GPU each run starts on an empty queue, so no wait for earlier work
+    counts as issuing.
+    """
+    marks = []
+    for _ in range(times):
+        if before is not None:
+            before()
+        if clock.cuda:
+            torch.cuda.synchronize()
+        h0, a = time.perf_counter(), clock.mark()
+        outs = forward()
+        b, h1 = clock.mark(), time.perf_counter()
+        backward(outs)
+        c, h2 = clock.mark(), time.perf_counter()
+        del outs
+        marks.append((a, b, c, h1 - h0, h2 - h1))
+    return [(clock.seconds(a, b), clock.seconds(b, c), fh, bh) for a, b, c, fh, bh in marks]
+
+
+def _samples(
+    name: str, batch: int, quota: int, runs: list[tuple[float, float, float, float]], backward: bool
+) -> list[Sample]:
+    """One sample per pass (the backward only when there is one): median, spread and host time of ``runs``."""
     out = []
     for index, pass_ in enumerate(("forward", "backward")):
-        if pass_ == "backward" and not graphed.backward:
+        if pass_ == "backward" and not backward:
             continue
-        times = [clock.seconds(run[index], run[index + 1]) for run in runs]
+        times = [run[index] for run in runs]
         median = statistics.median(times)
         spread = (max(times) - min(times)) / median if median > 0 else 0.0
-        host = statistics.median(run[3 + index] for run in runs)
-        out.append(
-            Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host)
-        )
+        host = statistics.median(run[index + 2] for run in runs)
+        out.append(Sample(name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host))
     return out
 
 
@@ -704,18 +722,7 @@ def _measure_point(
             ) from err
         _free()
         return _infeasible(replay, batch, quota, str(err).splitlines()[0][:200])
-    out = []
-    for index, pass_ in enumerate(("forward", "backward")):
-        if pass_ == "backward" and not replay.backward:
-            continue
-        times = [run[index] for run in runs]
-        median = statistics.median(times)
-        spread = (max(times) - min(times)) / median if median > 0 else 0.0
-        host = statistics.median(run[index + 2] for run in runs)
-        out.append(
-            Sample(replay.name, pass_, batch, quota, max(median, 1e-9), True, len(times), spread, "", host)
-        )
-    return out
+    return _samples(replay.name, batch, quota, runs, replay.backward)
 
 
 def _first_line(err: BaseException) -> str:
