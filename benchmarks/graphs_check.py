@@ -34,6 +34,7 @@ from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.engine import Engine
 from lightning_mosaic.engine.graphable import signature
 from lightning_mosaic.engine.graphs import CudaCapture, EmulatedCapture, GraphedCall, device_type_of
+from lightning_mosaic.profiler import InputCapture
 from lightning_mosaic.selection import select_modules
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,17 +98,11 @@ def bookkeeping(args: argparse.Namespace, device: torch.device, calls: int = 200
     data.setup("fit")
     batch = {k: v.to(device) for k, v in next(iter(data.train_dataloader())).items()}
     units = select_modules(model)
-    seen: dict[str, tuple] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda m, a, k, u=u: seen.setdefault(u, (a, k)), with_kwargs=True)
-        for u, m in units.items()
-    ]
-    model._loss(batch)
-    for hook in hooks:
-        hook.remove()
+    with InputCapture(units) as recorded:
+        model._loss(batch)
     out = {}
-    for unit, (a, k) in seen.items():
-        module = units[unit]
+    for unit, call in recorded.captured.items():
+        module, a, k = units[unit], call.args, call.kwargs
         graphed = GraphedCall(module, module.forward, a, k, EmulatedCapture())
         rounds = []
         for _ in range(5):

@@ -30,14 +30,21 @@ REPLAY_HOST_S = 60e-6  # host seconds of one graphed pass (copies in and out, on
 PASSES = ("forward", "backward")
 
 
+def step_times(model: CostModel, unit: str, batch: float) -> tuple[float, float]:
+    """Host and device seconds of ``unit`` in one step on the whole device at ``batch`` samples:
+    both passes (the backward where it has one), every call."""
+    passes = [p for p in PASSES if p == "forward" or model.backward.get(unit, True)]
+    calls = model.calls.get(unit, 1)
+    host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes) * calls
+    return host, sum(model.predict(unit, p, batch, model.capacity) for p in passes) * calls
+
+
 def launch_bound(model: CostModel, units: Iterable[str], batch: float) -> list[str]:
     """The ``units`` whose host time, over both passes, is at least their device time on the whole
     device at ``batch`` samples (none when the profile measured no host time)."""
     found = []
     for unit in units:
-        passes = [p for p in PASSES if p == "forward" or model.backward.get(unit, True)]
-        host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes)
-        device = sum(model.predict(unit, p, batch, model.capacity) for p in passes)
+        host, device = step_times(model, unit, batch)
         if host > 0 and host >= device:
             found.append(unit)
     return found

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from lightning_mosaic.devices import PRESETS, DeviceSpec, unit_label
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.graphcost import graphed, launch_bound
+from lightning_mosaic.graphcost import graphed, launch_bound, step_times
 from lightning_mosaic.planner import METHODS, plan
 from lightning_mosaic.profile import Profile, ProfileError
 
@@ -56,23 +56,15 @@ def what_if_model(model: CostModel, device: DeviceSpec) -> AnalyticModel:
     )
 
 
-def _per_step(model: CostModel, unit: str, batch: int) -> tuple[float, float]:
-    """Host and device seconds of ``unit`` in one step (both passes, every call) on the whole device."""
-    passes = ["forward"] + (["backward"] if model.backward.get(unit, True) else [])
-    calls = model.calls.get(unit, 1)
-    host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes) * calls
-    return host, sum(model.predict(unit, p, batch, model.capacity) for p in passes) * calls
-
-
 def _graphs_report(model: CostModel, units: Sequence[str], batch: int, graphs: Sequence[str]) -> str:
     """Host vs device milliseconds per unit (both passes, whole device) and which are launch-bound."""
     lines = [f"what-if graphs: host (issue) vs device time per step at batch {batch} on the whole device"]
     with_graphs = graphed(model, graphs)
     for unit in units:
-        host, device = _per_step(model, unit, batch)
+        host, device = step_times(model, unit, batch)
         line = f"  {unit}: host {host * 1e3:.3f} ms, device {device * 1e3:.3f} ms"
         if unit in graphs:
-            host, device = _per_step(with_graphs, unit, batch)
+            host, device = step_times(with_graphs, unit, batch)
             line += f" (launch-bound: graphed, then host {host * 1e3:.3f} ms, device {device * 1e3:.3f} ms)"
         lines.append(line + ("" if unit in graphs else " (device-bound)"))
     if not graphs:

@@ -505,10 +505,6 @@ class GraphRunner:
         lines.extend(f"  {name}: eager ({why})" for name, why in self.dropped.items())
         return "\n".join(["CUDA graphs (" + self.capture.name + "):", *lines])
 
-    def pool_bytes(self) -> int:
-        """Device memory the graphs' pools hold (measured when captured)."""
-        return sum(g.bytes for graphs in self.graphs.values() for g in graphs.values())
-
     def _drop(self, name: str, why: str) -> None:
         if name in self.dropped:
             return
