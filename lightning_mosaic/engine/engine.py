@@ -94,6 +94,9 @@ class Engine:
         """
         if self._handles:
             raise RuntimeError(f"engine is already attached to {list(self.modules)}; call detach() first")
+        unknown = [name for name in graphs if name not in modules]
+        if unknown:
+            raise ValueError(f"graphs {unknown} are not units of the engine: {list(modules)}")
         if backend is not None:
             self.backend = backend
         self.modules = dict(modules)
@@ -106,10 +109,6 @@ class Engine:
             self._handles.append(
                 module.register_forward_hook(self._post_hook(name), with_kwargs=True, always_call=True)
             )
-        unknown = [name for name in graphs if name not in self.modules]
-        if unknown:
-            self.detach()
-            raise ValueError(f"graphs {unknown} are not units of the engine: {list(self.modules)}")
         if graphs and capture is not None:
             self.graphs = GraphRunner(capture)
             self.graphs.attach({name: self.modules[name] for name in graphs}, self._graphing)
