@@ -41,11 +41,16 @@ def step_times(model: CostModel, unit: str, batch: float) -> tuple[float, float]
 
 def launch_bound(model: CostModel, units: Iterable[str], batch: float) -> list[str]:
     """The ``units`` whose host time, over both passes, is at least their device time on the whole
-    device at ``batch`` samples (none when the profile measured no host time)."""
+    device at ``batch`` samples (none when the profile measured no host time), and which graphed are
+    predicted to take less time per step: the longer of host and device time shrinks (a graph the
+    profile timed slower than eager is not chosen)."""
     found = []
     for unit in units:
         host, device = step_times(model, unit, batch)
-        if host > 0 and host >= device:
+        if not (host > 0 and host >= device):
+            continue
+        graphed_host, graphed_device = step_times(GraphedModel(model, [unit]), unit, batch)
+        if max(graphed_host, graphed_device) < max(host, device):
             found.append(unit)
     return found
 

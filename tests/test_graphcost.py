@@ -125,3 +125,25 @@ def test_measured_graph_costs_replace_the_estimate():
     )
     assert wrapped.predict(others[0], "forward", 16, 64) == model.predict(others[0], "forward", 16, 64)
     assert "as a CUDA graph x0.50 device time, 20 us host" in model.describe()
+
+
+def test_a_graph_the_profile_timed_slower_is_not_chosen():
+    """Launch-bound, but its replays measured slower than eager: graphing it would lengthen the step."""
+    import dataclasses
+
+    from test_perfmodel import synthetic_profile
+
+    from lightning_mosaic.perfmodel import PerfModel
+
+    profile = synthetic_profile(0)
+    unit = profile.samples[0].module
+    profile.samples = [dataclasses.replace(s, host_seconds=s.seconds * 4) for s in profile.samples]
+    full = [s for s in profile.samples if s.batch == profile.batch_size and s.quota == profile.capacity]
+    faster = [
+        dataclasses.replace(s, seconds=s.seconds / 2, host_seconds=1e-5) for s in full if s.module == unit
+    ]
+    profile.graphed = faster
+    assert unit in launch_bound(PerfModel().fit(profile), [unit], profile.batch_size)
+    slower = [dataclasses.replace(s, seconds=s.seconds * 10, host_seconds=s.host_seconds * 10) for s in full]
+    profile.graphed = [s for s in slower if s.module == unit]
+    assert launch_bound(PerfModel().fit(profile), [unit], profile.batch_size) == []

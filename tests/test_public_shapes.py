@@ -85,3 +85,33 @@ def test_a_resumed_run_reuses_the_profile_of_the_refined_units(tmp_path, make, m
     monkeypatch.setattr(session_module, "profile_units", lambda *a, **k: pytest.fail("profiled again"))
     t, _ = fit(make, data, MosaicStrategy(**AUTO), tmp_path, steps=4)
     assert t.strategy.session.reused and t.strategy.planned
+
+
+@pytest.mark.parametrize(
+    ("make", "data"),
+    [
+        (ClipStyle, lambda: loader(PairData())),
+        (ViltStyle, lambda: loader(VqaData())),
+        (FlavaStyle, mixed_loader),
+    ],
+    ids=["clip", "vilt", "flava"],
+)
+@pytest.mark.parametrize("options", [dict(plan="temporal", graphs=True), dict(AUTO, graphs="auto")],
+                         ids=["graphs-on", "auto"])  # fmt: skip
+def test_graphed_public_shapes_train_like_plain_lightning(tmp_path, monkeypatch, make, data, options):
+    """CUDA graphs (emulated on the CPU) on encoders under no_grad, blocks called directly, mixed
+    modalities, BatchNorm, sequence-first text: the same numbers, whatever is captured or refused."""
+    from lightning_mosaic import session as session_module
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    capture = EmulatedCapture()
+    monkeypatch.setattr(session_module, "capture_for", lambda device: capture)
+    _, plain = fit(make, data, "auto")
+    t, graphed = fit(make, data, MosaicStrategy(**options), tmp_path)
+    assert_bitwise_equal(plain, graphed)
+    if options["graphs"] is True:
+        assert t.strategy.plan.graphs, t.strategy.plan.describe()
+        assert sum(g.replays for g in capture.graphs) > 0, "some unit replayed its graphs"
+    else:  # the profile timed the graphs; emulated replays run the unit again, slower than eager
+        assert t.strategy.session.profile.graphed
+        assert t.strategy.plan.graphs == (), "no unit whose graphs were measured slower is graphed"
