@@ -31,6 +31,7 @@ _EXPORTS = {
     "ProfileError": "lightning_mosaic.profile",
     "ProfileSettings": "lightning_mosaic.session",
     "Session": "lightning_mosaic.session",
+    "SessionConfig": "lightning_mosaic.session",
     "select_modules": "lightning_mosaic.selection",
     "temporal_plan": "lightning_mosaic.plan",
     "trace": "lightning_mosaic.tracing",
@@ -50,6 +51,7 @@ __all__ = [
     "ProfileError",
     "ProfileSettings",
     "Session",
+    "SessionConfig",
     "select_modules",
     "temporal_plan",
     "trace",
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     from lightning_mosaic.plan import Phase, Plan, temporal_plan
     from lightning_mosaic.profile import Profile, ProfileError
     from lightning_mosaic.selection import select_modules
-    from lightning_mosaic.session import ProfileSettings, Session
+    from lightning_mosaic.session import ProfileSettings, Session, SessionConfig
     from lightning_mosaic.tracing import trace
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

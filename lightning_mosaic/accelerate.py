@@ -35,12 +35,12 @@ from torch import nn
 
 from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic.engine import Backend
-from lightning_mosaic.engine.graphs import check_graphs
 from lightning_mosaic.plan import Plan
-from lightning_mosaic.session import ProfileSettings, Session, check_plan_source
+from lightning_mosaic.session import ProfileSettings, Session, SessionConfig, Words
 
 PLANS = ("auto", "temporal")
 NOTE = "Accelerate loop: one micro-batch, no unit one step ahead"
+WORDS = Words(plain="the same Accelerate loop without mosaic", budget="prepare(profile_seconds=...)")
 _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
 
@@ -63,27 +63,32 @@ def prepare(
     ``warmup_steps``, ``profile_seconds`` and ``graphs`` mean what they mean for ``MosaicStrategy``. The
     optimizers among ``objects`` get the engine's join before every step.
     """
-    source = check_plan_source(plan, choices=PLANS)  # before preparing anything
-    graphs = check_graphs(graphs)
     settings = ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds)
+    project_dir = getattr(accelerator, "project_dir", None) or "."
+    settings = settings.in_directory(project_dir)
+    config = SessionConfig(  # checked before preparing anything
+        modules=modules,
+        plan=plan,
+        plan_choices=PLANS,
+        backend=backend,
+        micro_batches=1,
+        allow_lookahead=False,
+        graphs=graphs,
+        profile=settings,
+        out_dir=os.path.dirname(os.path.abspath(settings.path or ".")),
+        notes=(NOTE,),
+        precision=f"accelerate mixed_precision={accelerator.mixed_precision}",
+        words=WORDS,
+    )
     prepared = accelerator.prepare(model, *objects)
     items = prepared if isinstance(prepared, tuple) else (prepared,)
     mosaic = Session(
         accelerator.unwrap_model(items[0]),
         accelerator.device,
-        modules=modules,
-        plan=source,
-        backend=backend,
-        micro_batches=1,
-        allow_lookahead=False,
-        settings=settings.in_directory(getattr(accelerator, "project_dir", None) or "."),
+        config,
         broadcast=_broadcast,
         is_main=accelerator.is_main_process,
-        notes=[NOTE],
-        precision=f"accelerate mixed_precision={accelerator.mixed_precision}",
-        graphs=graphs,
     )
-    mosaic.out_dir = os.path.dirname(os.path.abspath(mosaic.settings.path or "."))
     _Hooks(mosaic, items[0], [o for o in items[1:] if isinstance(o, torch.optim.Optimizer)])
     mosaic.start(fitting=True)
     _SESSIONS[accelerator] = mosaic

@@ -30,13 +30,21 @@ REPLAY_HOST_S = 60e-6  # host seconds of one graphed pass (copies in and out, on
 PASSES = ("forward", "backward")
 
 
+def action_times(model: CostModel, unit: str, pass_: str, batch: float, quota: int) -> tuple[float, float]:
+    """Device and host seconds of one pass of ``unit`` in a step, on ``batch`` samples under ``quota``:
+    the cost of one action (``schedule.py``), every call of the unit in the step."""
+    calls = model.calls.get(unit, 1)
+    return model.predict(unit, pass_, batch, quota) * calls, model.predict_host(
+        unit, pass_, batch, quota
+    ) * calls
+
+
 def step_times(model: CostModel, unit: str, batch: float) -> tuple[float, float]:
     """Host and device seconds of ``unit`` in one step on the whole device at ``batch`` samples:
     both passes (the backward where it has one), every call."""
     passes = [p for p in PASSES if p == "forward" or model.backward.get(unit, True)]
-    calls = model.calls.get(unit, 1)
-    host = sum(model.predict_host(unit, p, batch, model.capacity) for p in passes) * calls
-    return host, sum(model.predict(unit, p, batch, model.capacity) for p in passes) * calls
+    times = [action_times(model, unit, p, batch, model.capacity) for p in passes]
+    return sum(t[1] for t in times), sum(t[0] for t in times)
 
 
 def launch_bound(model: CostModel, units: Iterable[str], batch: float) -> list[str]:

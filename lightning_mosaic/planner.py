@@ -21,9 +21,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.graphcost import graphed, pool_bytes
+from lightning_mosaic.graphcost import action_times, graphed, pool_bytes
 from lightning_mosaic.plan import Phase, Plan, temporal_plan
-from lightning_mosaic.simulator import _peak, _schedule, _tasks, check_inputs, simulate
+from lightning_mosaic.schedule import TaskGraph, actions, peak_bytes, place
+from lightning_mosaic.simulator import check_inputs, simulate
 
 if TYPE_CHECKING:
     from lightning_mosaic.devices import DeviceSpec
@@ -227,25 +228,22 @@ class _Evaluator:
 
     def _spec(self, k: int, ahead: tuple[str, ...]) -> Any:
         if (k, ahead) not in self._specs:
-            spec = _tasks(self.graph, self.model.backward, k, frozenset(ahead))
+            steps = actions(self.graph, k, self.model.backward)
+            spec = TaskGraph.of(self.graph, steps, ahead)
             slot = {m: i for i, m in enumerate(self.order)}
             size = self.batch_size / k
             held = [
-                self.model.memory(m, size) if p == "forward" and m not in self.graphs else 0
-                for m, p, _ in spec.keys
+                self.model.memory(a.unit, size) if a.pass_ == "forward" and a.unit not in self.graphs else 0
+                for a in steps
             ]
             pools = pool_bytes(self.model, self.graphs, self.batch_size, k)
-            self._specs[(k, ahead)] = (spec, [slot[m] for m, _, _ in spec.keys], held, pools)
+            self._specs[(k, ahead)] = (spec, [slot[a.unit] for a in steps], held, pools)
         return self._specs[(k, ahead)]
 
     def _time(self, k: int, module: str, pass_: str, quota: int) -> tuple[float, float]:
         key = (k, module, pass_, quota)
         if key not in self._times:
-            size, calls = self.batch_size / k, self.model.calls.get(module, 1)
-            self._times[key] = (
-                self.model.predict(module, pass_, size, quota) * calls,
-                self.model.predict_host(module, pass_, size, quota) * calls,
-            )
+            self._times[key] = action_times(self.model, module, pass_, self.batch_size / k, quota)
         return self._times[key]
 
     def __call__(self, k: int, ahead: tuple[str, ...], quotas: Quotas, limit: float = math.inf) -> float:
@@ -255,13 +253,13 @@ class _Evaluator:
             return known[0]
         spec, slots, held, pools = self._spec(k, ahead)
         per_task = [quotas[s] for s in slots]
-        times = [self._time(k, m, p, q) for (m, p, _), q in zip(spec.keys, per_task, strict=True)]
-        placed = _schedule(spec, [t[0] for t in times], [t[1] for t in times], per_task, self.capacity, limit)
+        times = [self._time(k, a.unit, a.pass_, q) for a, q in zip(spec.actions, per_task, strict=True)]
+        placed = place(spec, [t[0] for t in times], [t[1] for t in times], per_task, self.capacity, limit)
         if placed is None:
             self._results[key] = (limit, None, False)
             return limit
         start, end, _ = placed
-        peak = _peak(spec, start, end, held) + pools
+        peak = peak_bytes(spec, start, end, held) + pools
         value = max(end, default=0.0) if peak <= self.budget else math.inf
         self._results[key] = (value, peak, True)
         return value

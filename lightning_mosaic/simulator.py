@@ -38,21 +38,18 @@ from the start (``graphcost.pool_bytes``), not per task.
 
 from __future__ import annotations
 
-import heapq
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic.graphcost import graphed, pool_bytes
+from lightning_mosaic.graphcost import action_times, graphed, pool_bytes
+from lightning_mosaic.schedule import Action, TaskGraph, actions, peak_bytes, place, plan_actions
 
 if TYPE_CHECKING:
     from lightning_mosaic.graph import ModuleGraph
     from lightning_mosaic.perfmodel import CostModel
     from lightning_mosaic.plan import Plan
-
-_EPS = 1e-12
 
 
 @dataclass
@@ -68,6 +65,7 @@ class Task:
     memory_bytes: int = 0
     issued: float = 0.0  # when the host began issuing it
     issued_until: float = 0.0  # when its last kernel was issued
+    phase: int = 0  # the plan's phase of the unit
 
 
 @dataclass
@@ -129,142 +127,6 @@ class Timeline:
         return cls.from_dict(json.loads(text))
 
 
-# ---------------------------------------------------------------------- the task graph
-
-
-@dataclass
-class _Tasks:
-    """The task graph of one step (without times), in issue order."""
-
-    keys: list[tuple[str, str, int]]  # (module, pass, micro-batch)
-    deps: list[list[int]]
-    successors: list[list[int]]
-    indegree: list[int]  # len(deps) of each task
-    roots: list[int]  # tasks without dependencies, in issue order
-    release: list[int]  # a forward task: the task whose end frees its activations (itself if no backward)
-
-
-def _tasks(
-    graph: ModuleGraph, backward: Mapping[str, bool], micro_batches: int, ahead: frozenset[str] = frozenset()
-) -> _Tasks:
-    """The tasks and their dependencies; units in ``ahead`` (one step ahead) gate nobody this step.
-
-    A unit with ``graph.effects`` runs alone: its forward waits for every forward issued before it,
-    and every forward issued after it waits for it (the engine joins before it and runs it inline).
-    """
-    order = graph.topological_order()
-    alone = set(graph.effects)
-    has_backward = {m: backward.get(m, True) for m in order}
-    keys: list[tuple[str, str, int]] = [(m, "forward", i) for i in range(micro_batches) for m in order]
-    keys += [(m, "backward", i) for i in range(micro_batches) for m in reversed(order) if has_backward[m]]
-    index = {key: n for n, key in enumerate(keys)}
-    deps: list[list[int]] = []
-    last: dict[str, int] = {}
-    barrier: int | None = None  # the last forward of a unit that runs alone
-    for n, (m, pass_, i) in enumerate(keys):
-        if pass_ == "forward":
-            need = [index[(p, "forward", i)] for p in graph.inputs[m] if p not in ahead]
-            if m in alone:
-                need = list(range(n))  # every forward issued before (forwards come first in issue order)
-                barrier = n
-            elif barrier is not None:
-                need.append(barrier)
-        else:
-            need = [index[(x, "forward", i)] for x in order if x not in ahead]
-            need += [index[(c, "backward", i)] for c in graph.consumers(m) if has_backward[c]]
-        if m in last:
-            need.append(last[m])
-        last[m] = n
-        deps.append(need)
-    successors: list[list[int]] = [[] for _ in keys]
-    for task, need in enumerate(deps):
-        for dep in need:
-            successors[dep].append(task)
-    release = [index.get((m, "backward", i), n) if p == "forward" else -1 for n, (m, p, i) in enumerate(keys)]
-    indegree = [len(need) for need in deps]
-    roots = [t for t, count in enumerate(indegree) if count == 0]
-    return _Tasks(keys, deps, successors, indegree, roots, release)
-
-
-def _schedule(
-    spec: _Tasks,
-    device: Sequence[float],
-    host: Sequence[float],
-    quota: Sequence[int],
-    capacity: int,
-    limit: float = math.inf,
-) -> tuple[list[float], list[float], list[float]] | None:
-    """Start, end and issue times of every task (see the module docstring); None once past ``limit``.
-
-    Written for speed (the planner simulates thousands of candidates): plain lists, heaps, locals.
-    """
-    n = len(device)
-    issue = [0.0] * n
-    clock = 0.0
-    for t in range(n):
-        issue[t] = clock
-        clock += host[t]
-    successors = spec.successors
-    waiting = list(spec.indegree)
-    ready_at = issue[:]
-    start, end = [0.0] * n, [0.0] * n
-    gated = [(issue[t], t) for t in spec.roots]  # inputs ready, not yet issued (a heap: issue ascends)
-    ready: list[int] = []  # startable
-    running: list[tuple[float, int]] = []
-    push, pop = heapq.heappush, heapq.heappop
-    free, now, inf = capacity, 0.0, math.inf
-    while gated or ready or running:
-        while gated and gated[0][0] <= now + _EPS:
-            ready.append(pop(gated)[1])
-        if ready:
-            ready.sort()  # issue order first; a later task starts first when an earlier one does not fit
-            blocked = []
-            for t in ready:
-                q = quota[t]
-                if q <= free:
-                    free -= q
-                    start[t] = now
-                    finish = now + device[t]
-                    issued = issue[t] + host[t]
-                    end[t] = finish if finish > issued else issued
-                    push(running, (end[t], t))
-                else:
-                    blocked.append(t)
-            ready = blocked
-        next_end = running[0][0] if running else inf
-        next_gate = gated[0][0] if gated else inf
-        now = next_end if next_end < next_gate else next_gate
-        if now == inf:
-            break  # nothing can start: only a quota above the device's capacity does this
-        if now > limit:
-            return None
-        while running and running[0][0] <= now + _EPS:
-            done, t = pop(running)
-            free += quota[t]
-            for succ in successors[t]:
-                waiting[succ] -= 1
-                if ready_at[succ] < done:
-                    ready_at[succ] = done
-                if waiting[succ] == 0:
-                    push(gated, (ready_at[succ], succ))
-    return start, end, issue
-
-
-def _peak(spec: _Tasks, start: Sequence[float], end: Sequence[float], held: Sequence[int]) -> int:
-    """The largest sum of activations held at once (frees before allocations at a tie)."""
-    events: list[tuple[float, int]] = []
-    for t, release in enumerate(spec.release):
-        if release >= 0 and held[t]:
-            events.append((start[t], held[t]))
-            events.append((end[release], -held[t]))
-    events.sort()
-    peak = level = 0
-    for _, change in events:
-        level += change
-        peak = max(peak, level)
-    return peak
-
-
 # ---------------------------------------------------------------------- public
 
 
@@ -290,15 +152,11 @@ def _check(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: in
 
 
 def task_times(
-    perf_model: CostModel, spec: _Tasks, quotas: Mapping[str, int], size: float
+    perf_model: CostModel, steps: Sequence[Action], quotas: Mapping[str, int], size: float
 ) -> tuple[list[float], list[float]]:
-    """Device and host seconds of every task of ``spec`` on ``size`` samples under ``quotas``."""
-    device, host = [], []
-    for m, p, _ in spec.keys:
-        calls = perf_model.calls.get(m, 1)
-        device.append(perf_model.predict(m, p, size, quotas[m]) * calls)
-        host.append(perf_model.predict_host(m, p, size, quotas[m]) * calls)
-    return device, host
+    """Device and host seconds of every action of ``steps`` on ``size`` samples under ``quotas``."""
+    times = [action_times(perf_model, a.unit, a.pass_, size, quotas[a.unit]) for a in steps]
+    return [t[0] for t in times], [t[1] for t in times]
 
 
 def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: int) -> Timeline:
@@ -309,25 +167,27 @@ def simulate(graph: ModuleGraph, perf_model: CostModel, plan: Plan, batch_size: 
     perf_model = graphed(perf_model, graphs)
     capacity = perf_model.capacity
     k = plan.micro_batches
-    spec = _tasks(graph, perf_model.backward, k, frozenset(plan.lookahead))
+    steps = plan_actions(plan, graph, perf_model.backward)
+    tasks_graph = TaskGraph.of(graph, steps, plan.lookahead)
     quotas = {m: (q or capacity) for phase in plan.phases for m, q in phase.quotas.items()}
     size = batch_size / k
-    device, host = task_times(perf_model, spec, quotas, size)
-    per_task_quota = [quotas[m] for m, _, _ in spec.keys]
-    placed = _schedule(spec, device, host, per_task_quota, capacity)
+    device, host = task_times(perf_model, steps, quotas, size)
+    per_task_quota = [quotas[a.unit] for a in steps]
+    placed = place(tasks_graph, device, host, per_task_quota, capacity)
     assert placed is not None  # no limit given
     start, end, issue = placed
     memory = {m: 0 if m in graphs else perf_model.memory(m, size) for m in graph.modules}
-    held = [memory[m] if p == "forward" else 0 for m, p, _ in spec.keys]
+    held = [memory[a.unit] if a.pass_ == "forward" else 0 for a in steps]
     pools = pool_bytes(perf_model, graphs, batch_size, k)
     tasks = [
-        Task(m, p, i, quotas[m], start[t], end[t], held[t], issue[t], issue[t] + host[t])
-        for t, (m, p, i) in enumerate(spec.keys)
-    ]
+        Task(a.unit, a.pass_, a.micro_batch, quotas[a.unit], start[t], end[t], held[t], issue[t],
+             issue[t] + host[t], a.phase)
+        for t, a in enumerate(steps)
+    ]  # fmt: skip
     return Timeline(
         tasks=tasks,
         step_s=max(end, default=0.0),
-        peak_bytes=_peak(spec, start, end, held) + pools,
+        peak_bytes=peak_bytes(tasks_graph, start, end, held) + pools,
         sm_count=capacity,
         micro_batches=k,
         batch_size=batch_size,
@@ -354,14 +214,16 @@ def lower_bound(
     Units in ``ahead`` run one step ahead.
     """
     capacity = perf_model.capacity
-    spec = _tasks(graph.subgraph(graph.called), perf_model.backward, micro_batches, frozenset(ahead))
+    graph = graph.subgraph(graph.called)
+    steps = actions(graph, micro_batches, perf_model.backward)
+    spec = TaskGraph.of(graph, steps, ahead)
     size = batch_size / micro_batches
     fastest, work, host = [], 0.0, 0.0
-    for m, p, _ in spec.keys:
-        calls = perf_model.calls.get(m, 1)
-        fastest.append(perf_model.predict(m, p, size, capacity) * calls)
-        work += min(q * perf_model.predict(m, p, size, q) for q in quotas) * calls
-        host += perf_model.predict_host(m, p, size, capacity) * calls
+    for a in steps:
+        device, issued = action_times(perf_model, a.unit, a.pass_, size, capacity)
+        fastest.append(device)
+        host += issued
+        work += min(q * action_times(perf_model, a.unit, a.pass_, size, q)[0] for q in quotas)
     finish: list[float] = []
     for task, need in enumerate(spec.deps):  # issue order is a topological order of the tasks
         finish.append(max((finish[d] for d in need), default=0.0) + fastest[task])

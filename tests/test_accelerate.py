@@ -10,6 +10,7 @@ from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters
 
 import lightning_mosaic.accelerate as mosaic_accelerate
 import lightning_mosaic.session as session_module
+import lightning_mosaic.session.profiling as profiling_module
 from lightning_mosaic.plan import Phase, Plan
 
 
@@ -78,7 +79,7 @@ def test_save_state_carries_the_plan_and_load_state_applies_it(tmp_path, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(session_module, "profile_units", never)
+    monkeypatch.setattr(profiling_module, "profile_units", never)
     (tmp_path / "mosaic_profile.json").unlink()
     restored, _ = train(
         steps=4,
@@ -104,7 +105,7 @@ def test_a_scheduler_among_the_objects_does_not_count_steps_twice():
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-    assert mosaic_accelerate.session(accelerator).steps == 3
+    assert mosaic_accelerate.session(accelerator).optimizer_steps == 3
 
 
 def test_graphed_units_train_bitwise_like_a_plain_accelerate_loop(monkeypatch):
@@ -150,10 +151,10 @@ def test_a_prepared_model_copies_and_pickles_as_a_plain_model():
 
     accelerator, model = train(steps=3, mosaic={}, after_prepare=copy_now)
     s = mosaic_accelerate.session(accelerator)
-    steps, calls = s.engine.steps, dict(s.engine.calls)
+    steps, calls = s.engine.step_calls, dict(s.engine.calls)
     batch = next(iter(hf_loader()))
     for twin in copies:
         twin.load_state_dict(model.state_dict())
         with torch.no_grad():
             twin(**batch)
-    assert (s.engine.steps, dict(s.engine.calls)) == (steps, calls), "a copy drove the session"
+    assert (s.engine.step_calls, dict(s.engine.calls)) == (steps, calls), "a copy drove the session"

@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import lightning_mosaic.session as session_module
+import lightning_mosaic.session.profiling as profiling_module
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
 from lightning_mosaic.lightning.strategy import MosaicStrategy
@@ -58,7 +58,7 @@ def test_a_matching_profile_is_reused_not_measured_again(tmp_path, monkeypatch):
     def no_profiling(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(session_module, "profile_units", no_profiling)
+    monkeypatch.setattr(profiling_module, "profile_units", no_profiling)
     again = MosaicProfiler(**FAST)
     fit([again], tmp_path)
     assert again.reused
@@ -125,7 +125,7 @@ def test_the_profile_travels_in_checkpoints(tmp_path, monkeypatch):
     first = MosaicProfiler(**FAST)
     fit([first, saver], tmp_path, enable_checkpointing=True)
     (tmp_path / "mosaic_profile.json").unlink()
-    monkeypatch.setattr(session_module, "profile_units", lambda *a, **k: pytest.fail("profiled again"))
+    monkeypatch.setattr(profiling_module, "profile_units", lambda *a, **k: pytest.fail("profiled again"))
     resumed = MosaicProfiler(**FAST)
     t = trainer(callbacks=[resumed], max_steps=6, default_root_dir=tmp_path)
     t.fit(hf_model(), hf_loader(), ckpt_path=saver.best_model_path or saver.last_model_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -26,7 +27,7 @@ def test_routes_every_call_and_counts_steps():
         with engine.step():
             model(*_batch())
     assert dict(engine.calls) == {"vision": 3, "audio": 3, "projector": 3, "llm": 3}
-    assert engine.steps == 3
+    assert engine.step_calls == 3
     engine.detach()
     model(*_batch())
     assert engine.calls["vision"] == 3, "detached: calls are no longer routed"
@@ -52,19 +53,23 @@ def test_attach_twice_is_an_error():
         engine.attach(select_modules(demo_model()))
 
 
-def test_pickle_only_when_detached():
+def test_a_copy_of_an_attached_engine_is_a_new_detached_one():
+    model = demo_model()
     engine = Engine()
-    assert pickle.loads(pickle.dumps(engine)).steps == 0
-    engine.attach(select_modules(demo_model()))
-    with pytest.raises(RuntimeError, match="an attached engine cannot be pickled"):
-        pickle.dumps(engine)
+    engine.attach(select_modules(model))
+    with engine.step():
+        model(*demo_batch(2))
+    for copied in (pickle.loads(pickle.dumps(engine)), copy.deepcopy(engine)):
+        assert isinstance(copied, Engine) and copied is not engine
+        assert not copied.attached and copied.modules == {} and copied.step_calls == 0
+    assert engine.attached and engine.step_calls == 1, "the run's engine is untouched"
 
 
 def test_step_counts_even_when_the_step_raises():
     engine = Engine()
     with pytest.raises(ZeroDivisionError), engine.step():
         1 / 0  # noqa: B018
-    assert engine.steps == 1
+    assert engine.step_calls == 1
 
 
 # ---------------------------------------------------------------- the sync protocol, on the recording fake

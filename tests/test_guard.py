@@ -11,7 +11,7 @@ from test_session import TwoTowers, batches
 
 from lightning_mosaic.guard import OTHER, PLAN, TEMPORAL, Guard
 from lightning_mosaic.selection import select_modules
-from lightning_mosaic.session import ProfileSettings, Session
+from lightning_mosaic.session import ProfileSettings, Session, SessionConfig
 
 
 def timed(guard: Guard, clock: FakeClock, steps: list[tuple[str, float]]) -> None:
@@ -51,15 +51,13 @@ def test_a_plan_slower_than_temporal_is_dropped(tmp_path, caplog, four_threads, 
     path = tmp_path / "profile.json"
     side_by_side_profile(select_modules(model), four_threads).save(path)
     clock = FakeClock()
-    session = Session(
-        model,
-        torch.device("cpu"),
+    config = SessionConfig(
         backend="cpu",
-        settings=ProfileSettings(path=path, warmup_steps=3, progress=False),
-        clock=clock,
+        profile=ProfileSettings(path=path, warmup_steps=3, progress=False),
         guard_steps=4,
         out_dir=str(tmp_path),
     )
+    session = Session(model, torch.device("cpu"), config, clock=clock)
     session.start()
     assert session.reused
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -89,6 +87,6 @@ def test_a_plan_slower_than_temporal_is_dropped(tmp_path, caplog, four_threads, 
         assert "more than 2% slower than temporal: the heuristic plan is dropped" in caplog.text
         assert any("dropped for the temporal plan" in note for note in plan.notes)
         assert session.engine.backend.name == "none", "units inline again"
-    assert all(session.guard.count(kind) == 0 for kind in (TEMPORAL, PLAN, OTHER)), "no marks kept"
+    assert all(session.plan_guard.guard.count(kind) == 0 for kind in (TEMPORAL, PLAN, OTHER)), "no marks kept"
     saved = (tmp_path / "mosaic_plan.json").read_text()
     assert '"measured_temporal_s": 1.0' in saved, "the plan file holds what the guard measured"

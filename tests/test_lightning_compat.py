@@ -251,3 +251,115 @@ def test_a_restored_run_calls_the_same_hooks_and_ends_equal(tmp_path, strategy):
     ours = _run(STRATEGIES[strategy](), again, tmp_path / "mosaic", ckpt_path=checkpoint)
     assert plain["step"] == 7 and any(call[0] == "module.on_load_checkpoint" for call in plain["calls"])
     _assert_same(plain, ours)
+
+
+# ---------------------------------------------------------------- one device is one device
+
+
+class _Tunable(BoringModel):
+    """A BoringModel whose loaders read ``batch_size`` (what the batch-size tuner scales) and ``lr``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_size, self.lr = 2, 0.1
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def _one_device(strategy: Any, root: Path, **options: Any) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu", devices=1, max_steps=4, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=root,
+    )  # fmt: skip
+    return L.Trainer(strategy=strategy, **(defaults | options))
+
+
+@pytest.mark.parametrize("strategy", ["mosaic", "mosaic_spawn", MosaicStrategy(backend="cpu")])
+def test_on_one_device_lightning_sees_single_device_training(strategy, tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    t = _one_device(strategy, tmp_path)
+    assert isinstance(t.strategy, MosaicStrategy) and isinstance(t.strategy, SingleDeviceStrategy)
+    assert not isinstance(t.strategy, DDPStrategy) and not t._accelerator_connector.is_distributed
+    assert type(t.strategy).__name__ == "MosaicStrategy", "Lightning's messages name the user's class"
+    t.strategy.world_size = 2  # settable, as on SingleDeviceStrategy (tests mock a world this way)
+    assert t.strategy.world_size == 2
+
+
+def test_the_batch_size_and_learning_rate_tuners_work_on_one_device(tmp_path):
+    from lightning.pytorch.tuner import Tuner
+
+    results = {}
+    for strategy in ("auto", "mosaic"):
+        model = _Tunable()
+        tuner = Tuner(_one_device(strategy, tmp_path / str(strategy)))
+        found = tuner.scale_batch_size(model, mode="power", max_trials=3, steps_per_trial=2)
+        finder = tuner.lr_find(model, num_training=8, min_lr=1e-4, max_lr=1.0)
+        results[strategy] = (found, len(finder.results["lr"]))
+    assert results["mosaic"] == results["auto"] and results["auto"][0] > 2
+
+
+def test_prediction_writers_and_batch_samplers_behave_as_on_one_device(tmp_path):
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    class Writer(BasePredictionWriter):
+        def __init__(self) -> None:
+            super().__init__(write_interval="batch_and_epoch")
+            self.batches, self.epochs = [], 0
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, *args: Any) -> None:
+            self.batches.append(list(batch_indices))
+
+        def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+            self.epochs += 1
+
+    class Sampler(torch.utils.data.SequentialSampler):
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    seen = {}
+    for strategy in ("auto", "mosaic"):
+        writer, Sampler.epochs = Writer(), []
+        dataset = RandomDataset(32, 8)
+        loader = DataLoader(dataset, sampler=Sampler(dataset), batch_size=4)
+        t = _one_device(strategy, tmp_path, callbacks=[writer])
+        t.fit_loop.epoch_progress.current.processed = 2
+        out = t.predict(BoringModel(), loader)
+        seen[strategy] = (writer.batches, writer.epochs, list(Sampler.epochs), [o.shape for o in out])
+        assert type(t.predict_dataloaders.batch_sampler.sampler) is Sampler, "not a distributed sampler"
+    assert seen["mosaic"] == seen["auto"] and seen["auto"][0] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert seen["auto"][2] == [2], "the sampler's set_epoch is called with the epoch"
+
+
+def test_deep_copies_of_the_callbacks_during_fit_work(tmp_path):
+    class Copies(L.Callback):
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.copies = copy.deepcopy(trainer.callbacks)  # reaches the trainer, its strategy and engine
+
+    copies = Copies()
+    t = _one_device(MosaicStrategy(backend="cpu", plan="temporal"), tmp_path, callbacks=[copies])
+    t.fit(_Tunable())
+    assert len(copies.copies) == len(t.callbacks) and t.strategy.engine.calls["layer"] > 0
+
+
+class Mine(MosaicStrategy):
+    """A user's subclass (module level, so that it pickles)."""
+
+
+def test_a_subclass_of_the_strategy_keeps_its_class_and_pickles(tmp_path):
+    import pickle
+
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    strategy = Mine(backend="cpu")
+    assert isinstance(strategy, DDPStrategy), "made as a DDP strategy until the devices are known"
+    t = _one_device(strategy, tmp_path)
+    assert isinstance(t.strategy, Mine) and isinstance(t.strategy, SingleDeviceStrategy)
+    copied = pickle.loads(pickle.dumps(t.strategy))
+    assert type(copied) is type(t.strategy) and copied.config == t.strategy.config

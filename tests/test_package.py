@@ -46,9 +46,9 @@ def test_the_core_works_with_lightning_absent():
 
         # the core still runs: a session over a plain torch model, planned from its traced graph
         import torch
-        from lightning_mosaic import Session
+        from lightning_mosaic import Session, SessionConfig
         model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-        session = Session(model, torch.device("cpu"), plan="temporal")
+        session = Session(model, torch.device("cpu"), SessionConfig(plan="temporal"))
         session.start(fitting=True)
         with session.step():
             model(torch.randn(3, 4)).sum().backward()
@@ -189,7 +189,23 @@ def test_modules_import_each_other_in_one_direction():
     ]
     assert not cycles, cycles
     assert imports["lightning_mosaic.graphcost"] == set(), "the cost of graphs needs nothing of the package"
-    assert imports["lightning_mosaic.simulator"] == {"lightning_mosaic.graphcost"}, (
-        "the simulator needs nothing of the package but what graphs cost"
-    )
+    assert imports["lightning_mosaic.simulator"] == {
+        "lightning_mosaic.graphcost",
+        "lightning_mosaic.schedule",
+    }, "the simulator needs nothing of the package but the schedule and what graphs cost"
+    assert imports["lightning_mosaic.schedule"] == set(), "the schedule is plain data and its order"
     assert "lightning_mosaic.planner" not in imports["lightning_mosaic.plan"]
+
+
+def test_the_layers_of_the_architecture_hold():
+    """The contracts in pyproject.toml ([tool.importlinter]): the core imports no training framework,
+    data flows one way through the layers, the session's components sit under what uses them."""
+    from pathlib import Path
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    command = [str(lint)] if lint.exists() else [sys.executable, "-m", "importlinter.cli"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout and "3 kept" in done.stdout

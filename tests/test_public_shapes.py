@@ -78,11 +78,11 @@ def test_flava_with_image_text_and_pair_batches(tmp_path):
 
 @pytest.mark.parametrize("make", [ClipStyle, ViltStyle])
 def test_a_resumed_run_reuses_the_profile_of_the_refined_units(tmp_path, make, monkeypatch):
-    import lightning_mosaic.session as session_module
+    import lightning_mosaic.session.profiling as profiling_module
 
     data = (lambda: loader(PairData())) if make is ClipStyle else (lambda: loader(VqaData()))
     fit(make, data, MosaicStrategy(**AUTO), tmp_path)
-    monkeypatch.setattr(session_module, "profile_units", lambda *a, **k: pytest.fail("profiled again"))
+    monkeypatch.setattr(profiling_module, "profile_units", lambda *a, **k: pytest.fail("profiled again"))
     t, _ = fit(make, data, MosaicStrategy(**AUTO), tmp_path, steps=4)
     assert t.strategy.session.reused and t.strategy.planned
 

@@ -12,10 +12,10 @@ import torch
 from helpers import assert_bitwise_equal, long_lived, parameters
 from torch import nn
 
-import lightning_mosaic.session as session_module
+import lightning_mosaic.session.profiling as session_module
 from lightning_mosaic.engine import HappensBefore, RecordingBackend, find_races
 from lightning_mosaic.plan import Plan
-from lightning_mosaic.session import ProfileSettings, Session, Stage, check_plan_source
+from lightning_mosaic.session import ProfileSettings, Session, SessionConfig, Stage, check_plan_source
 
 UNITS = ["vision", "audio", "head"]
 
@@ -42,10 +42,18 @@ def batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
 FAST = dict(warmup_steps=2, warmup=1, repeats=2, max_seconds=20, progress=False, batch_fractions=(0.5, 1.0))
 
 
-def make(tmp_path, model=None, **options) -> tuple[nn.Module, Session]:
+DRIVER = ("broadcast", "is_main", "batch_size_of", "on_apply", "clock", "graph_capture")
+
+
+def make(tmp_path, model=None, settings=None, **options) -> tuple[nn.Module, Session]:
+    """A session of ``model`` on the CPU: ``options`` are SessionConfig fields or what a driver gives."""
     model = model or TwoTowers()
-    settings = ProfileSettings(path=tmp_path / "profile.json", **FAST)
-    return model, Session(model, torch.device("cpu"), settings=settings, **({"backend": "cpu"} | options))
+    settings = settings or ProfileSettings(path=tmp_path / "profile.json", **FAST)
+    if "capture" in options:
+        options["graph_capture"] = options.pop("capture")
+    driver = {name: options.pop(name) for name in DRIVER if name in options}
+    config = SessionConfig(profile=settings, **({"backend": "cpu"} | options))
+    return model, Session(model, torch.device("cpu"), config, **driver)
 
 
 def train(model: nn.Module, session: Session | None, steps: int = 6, drivers: int = 1, trace=None) -> None:
@@ -94,7 +102,7 @@ def test_the_loop_moves_through_its_stages_and_keeps_the_numbers(tmp_path):
     assert session.graph.inputs == {"vision": [], "audio": [], "head": ["vision", "audio"]}
     assert session.profile.graph == session.graph.to_dict()
     assert Plan.load(tmp_path / "mosaic_plan.json") == session.plan
-    assert (tmp_path / "profile.json").exists() and session.steps == 6
+    assert (tmp_path / "profile.json").exists() and session.optimizer_steps == 6
     assert session.engine.calls["head"] == 3, "the plan ran the last 3 steps; the replays bypassed it"
     plain = TwoTowers()
     train(plain, None)
@@ -202,7 +210,7 @@ def test_a_concurrent_session_is_race_free_and_its_encoders_overlap(tmp_path):
     session.start()
     with backend.recording():
         train(model, session, steps=2)
-    assert session.guard.count("other") == 0, "a plan given by hand is not timed"
+    assert session.plan_guard.guard.count("other") == 0, "a plan given by hand is not timed"
     assert session.planned and session.plan.method == "recording backend"
     assert [p.modules for p in session.plan.phases] == [["vision", "audio"], ["head"]]
     log = backend.log
@@ -256,8 +264,8 @@ def test_a_model_too_wrong_on_the_critical_path_is_not_planned_from(tmp_path, ca
         model = TwoTowers()
         path = tmp_path / f"{noisy}.json"
         side_by_side_profile(select_modules(model), four_threads, noisy=noisy).save(path)
-        _, session = make(tmp_path, model=model)
-        session.settings = ProfileSettings(path=path, warmup_steps=1, progress=False)
+        settings = ProfileSettings(path=path, warmup_steps=1, progress=False)
+        _, session = make(tmp_path, model=model, settings=settings)
         session.start()
         with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
             train(model, session, steps=3)
@@ -290,8 +298,9 @@ def test_profiling_that_fails_leaves_training_on_the_temporal_plan(tmp_path, mon
 
 def test_a_profile_that_cannot_be_written_is_said_and_training_goes_on(tmp_path, caplog):
     (tmp_path / "blocked").write_text("a file where a directory should be")
-    model, session = make(tmp_path)
-    session.settings = ProfileSettings(path=tmp_path / "blocked" / "profile.json", **FAST)
+    model, session = make(
+        tmp_path, settings=ProfileSettings(path=tmp_path / "blocked" / "profile.json", **FAST)
+    )
     session.start()
     with caplog.at_level(logging.WARNING, logger="lightning_mosaic"):
         train(model, session)
@@ -347,8 +356,8 @@ def test_graphs_auto_captures_the_units_the_profile_shows_launch_bound(tmp_path,
     ]
     profile.save(tmp_path / "launch.json")
     capture = EmulatedCapture()
-    _, session = make(tmp_path, model=model, capture=capture)
-    session.settings = ProfileSettings(path=tmp_path / "launch.json", warmup_steps=1, progress=False)
+    settings = ProfileSettings(path=tmp_path / "launch.json", warmup_steps=1, progress=False)
+    _, session = make(tmp_path, model=model, capture=capture, settings=settings)
     session.start()
     train(model, session, steps=6)
     assert session.plan.graphs == ("vision",)
@@ -361,10 +370,9 @@ def test_graphs_auto_captures_the_units_the_profile_shows_launch_bound(tmp_path,
     plain = TwoTowers()
     train(plain, None, steps=6)
     assert_bitwise_equal(parameters(plain), parameters(model))
-    _, off = make(tmp_path, model=TwoTowers(), capture=EmulatedCapture(), graphs=False)
-    off.settings = session.settings
+    _, off = make(tmp_path, model=TwoTowers(), capture=EmulatedCapture(), graphs=False, settings=settings)
     off.start()
-    train(off._root, off, steps=6)
+    train(off.model_units.root, off, steps=6)
     assert session.plan.method == "heuristic", "with vision graphed, the encoders run side by side"
     assert off.plan.graphs == () and off.plan.is_temporal, "held back by the host, nothing would gain"
 

@@ -132,34 +132,6 @@ def test_launch_bound_units_gain_nothing_side_by_side_and_compute_bound_ones_do(
     assert step(1.0, side_by_side) == pytest.approx(6.0)  # six tasks, each issued for 1 s, in turn
 
 
-def test_the_hosts_issue_order_is_the_engines_launch_order():
-    """The simulator's issue order is the order in which one step launches the units' work."""
-    from helpers import demo_batch, demo_model
-
-    from lightning_mosaic.engine import Engine, RecordingBackend
-    from lightning_mosaic.selection import select_modules
-    from lightning_mosaic.simulator import _tasks
-    from lightning_mosaic.tracing import trace
-
-    model = demo_model()
-    units = select_modules(model)
-    graph, _ = trace(units, lambda: model._loss(demo_batch(0)))
-    backend = RecordingBackend()
-    engine = Engine()
-    engine.attach(units, backend=backend)
-    with backend.recording():
-        with engine.step():
-            loss = model._loss(demo_batch(1))
-        engine.before_backward(loss)
-        loss.backward()
-        engine.join()
-    engine.detach()
-    launched = [(e.stream, e.phase) for e in backend.log if e.kind == "launch" and e.stream in units]
-    first_seen = list(dict.fromkeys(launched))
-    issued = [(m, p) for m, p, _ in _tasks(graph, dict.fromkeys(units, True), 1).keys]
-    assert first_seen == issued, (first_seen, issued)
-
-
 def test_memory_is_held_from_forward_to_backward():
     graph = ModuleGraph.from_edges({"a": [], "b": ["a"]})
     model = AnalyticModel(

@@ -612,7 +612,7 @@ def test_auto_pipeline_profiles_plans_applies_and_saves(tmp_path, caplog):
 
 
 def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path, monkeypatch):
-    import lightning_mosaic.session as session_module
+    import lightning_mosaic.session.profiling as profiling_module
 
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4)
     _, first, _ = _auto_fit(tmp_path, callbacks=[saver])
@@ -623,7 +623,7 @@ def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path,
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(session_module, "profile_units", never)
+    monkeypatch.setattr(profiling_module, "profile_units", never)
     (tmp_path / "mosaic_profile.json").unlink()  # nothing to reuse but the checkpoint
     t, resumed, _ = _auto_fit(tmp_path / "again", max_steps=8, ckpt_path=checkpoint)
     assert t.global_step == 8 and resumed.planned and resumed.plan == first.plan
@@ -639,14 +639,14 @@ def test_a_resumed_run_applies_the_checkpointed_plan_without_profiling(tmp_path,
 
 
 def test_a_matching_profile_is_reused_and_planned_after_the_timed_warmup(tmp_path, monkeypatch):
-    import lightning_mosaic.session as session_module
+    import lightning_mosaic.session.profiling as profiling_module
 
     _, first, _ = _auto_fit(tmp_path)
 
     def never(*args, **kwargs):
         raise AssertionError("profiled again")
 
-    monkeypatch.setattr(session_module, "profile_units", never)
+    monkeypatch.setattr(profiling_module, "profile_units", never)
     _, second, _ = _auto_fit(tmp_path, max_steps=3)
     assert second.session.reused and second.planned
     assert second.plan.phases == first.plan.phases

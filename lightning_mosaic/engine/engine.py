@@ -52,8 +52,8 @@ from lightning_mosaic.engine.pending import PendingTensor, _value, retire
 class Engine:
     """Owns the hooks on the units, the backend's streams and the per-step bookkeeping.
 
-    ``calls`` counts the routed calls of each unit since :meth:`attach`; ``steps`` counts the steps
-    run inside :meth:`step`; ``serial`` names the units that run alone (see the module docstring;
+    ``calls`` counts the routed calls of each unit since :meth:`attach`; ``step_calls`` counts the
+    step calls run inside :meth:`step`; ``serial`` names the units that run alone (see the module docstring;
     it may be changed while attached).
     """
 
@@ -61,7 +61,7 @@ class Engine:
         self.backend: Backend = backend or InlineBackend()
         self.modules: dict[str, nn.Module] = {}
         self.calls: Counter[str] = Counter()
-        self.steps = 0
+        self.step_calls = 0
         self._handles: list[RemovableHandle] = []
         self._frames: list[tuple[str, Any]] = []  # (unit, caller stream) of the calls in progress
         self._dirty: dict[Any, None] = {}  # unit streams used since the last join, in order
@@ -144,7 +144,7 @@ class Engine:
                 self.backend.set_current(self._frames[0][1])
                 self._frames.clear()
             self.join()
-            self.steps += 1
+            self.step_calls += 1
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -273,7 +273,7 @@ class Engine:
         self._shells.append(weakref.ref(shell))
         return shell
 
-    def __getstate__(self) -> dict[str, Any]:
-        if self._handles:
-            raise RuntimeError("an attached engine cannot be pickled; call detach() first")
-        return self.__dict__.copy()
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy (a deep copy of a Trainer's callbacks that reach the strategy, a pickle) is a new
+        # detached engine: it hooks and routes nothing; the run's engine and its streams stay its own.
+        return (Engine, ())

@@ -30,10 +30,16 @@ from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.profile import Profile
 from lightning_mosaic.profiler import DEFAULT_FRACTIONS
 from lightning_mosaic.selection import check_names
-from lightning_mosaic.session import ProfileSettings, Session
+from lightning_mosaic.session import ProfileSettings, Session, SessionConfig, Words
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+LIGHTNING_WORDS = Words(
+    plain="plain Lightning",
+    budget="MosaicStrategy(profile_seconds=...)",
+    repeats="MosaicProfiler(repeats=...)",
+)
 
 
 class MosaicProfiler(Callback):
@@ -113,17 +119,21 @@ class MosaicProfiler(Callback):
             return  # shared by the strategy
         self._driving = True
         strategy = trainer.strategy
+        config = SessionConfig(
+            modules=self.module_names,
+            profile=self.settings.in_directory(trainer.default_root_dir),
+            profile_requested=True,
+            route=False,
+            precision=str(trainer.precision),
+            words=LIGHTNING_WORDS,
+        )
         self.session = Session(
             pl_module,
             pl_module.device,
-            modules=self.module_names,
-            settings=self.settings.in_directory(trainer.default_root_dir),
-            profile_requested=True,
-            route=False,
+            config,
             broadcast=strategy.broadcast,
             is_main=trainer.is_global_zero,
             batch_size_of=extract_batch_size,
-            precision=str(trainer.precision),
         )
         if self.restored is not None:
             self.session.load_state_dict({"profile": self.restored})

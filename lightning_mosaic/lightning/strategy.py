@@ -1,10 +1,16 @@
-"""``MosaicStrategy``: Lightning's ``DDPStrategy`` with each model's units run through a mosaic session.
+"""``MosaicStrategy``: each model's units run through a mosaic session, on one device or under DDP.
 
-Several processes (devices or nodes): Lightning's DDP, unchanged — launchers, cluster environments,
-a process group, the ``DistributedDataParallel`` wrapper while fitting — with one addition on a
-GPU: each gradient bucket's all-reduce waits for the units' streams. One process in total: no
-launcher, no process group, no wrapper and no distributed sampler, exactly what
-``SingleDeviceStrategy`` does, so the numbers are those of plain Lightning.
+One process in total: the strategy *is* a ``SingleDeviceStrategy`` — no launcher, no process group,
+no wrapper, no distributed sampler — so Lightning treats the run as single-device training (the
+batch-size and learning-rate tuners, prediction writers, samplers) and the numbers are those of
+plain Lightning. Several processes (devices or nodes): it *is* a ``DDPStrategy``, unchanged —
+launchers, cluster environments, a process group, the ``DistributedDataParallel`` wrapper while
+fitting — with one addition on a GPU: each gradient bucket's all-reduce waits for the units'
+streams; with ``shard=``, FSDP2 replaces the wrapper. Lightning knows "distributed" by a strategy's
+class, and the number of processes is known only once the Trainer has given the strategy its
+devices (``_configure_launcher``), so the strategy takes its class then: a subclass of the class the
+user made (``MosaicStrategy`` or a subclass of it) and of the Lightning strategy it is
+(:func:`_shaped`). ``isinstance(strategy, MosaicStrategy)`` holds either way.
 
 On top of either, ``setup()`` starts a :class:`~lightning_mosaic.session.Session` for the
 LightningModule (its units, the engine, the profile, the plan) and the strategy's hooks tell it
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
@@ -27,27 +35,22 @@ from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_mosaic._logging import get_logger
-from lightning_mosaic.engine import Backend, Engine, check_backend
-from lightning_mosaic.engine.graphs import check_graphs
-from lightning_mosaic.engine.green import check_quotas
+from lightning_mosaic.engine import Backend, Engine
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.lightning.callback import MosaicProfiler
+from lightning_mosaic.lightning import sharded
+from lightning_mosaic.lightning.callback import LIGHTNING_WORDS, MosaicProfiler
 from lightning_mosaic.lightning.lookahead import Lookahead
 from lightning_mosaic.lightning.microsteps import run_micro_steps
 from lightning_mosaic.plan import Plan
-from lightning_mosaic.selection import check_names, select_modules
-from lightning_mosaic.session import (
-    ProfileSettings,
-    Session,
-    check_micro_batches,
-    check_plan_source,
-)
+from lightning_mosaic.selection import select_modules
+from lightning_mosaic.session import ProfileSettings, Session, SessionConfig
 from lightning_mosaic.sharding import REPLICATED, Layout, check_shard, resident_bytes
 
 if TYPE_CHECKING:
@@ -75,7 +78,7 @@ class _NoGradientSync:
             self.model.set_requires_gradient_sync(True)
 
 
-class MosaicStrategy(DDPStrategy):
+class MosaicStrategy(Strategy):
     """Run a multimodal LightningModule's units (encoders, projectors, backbone) side by side.
 
     Args:
@@ -126,12 +129,18 @@ class MosaicStrategy(DDPStrategy):
         **ddp_kwargs: what ``DDPStrategy`` takes besides (``ddp_comm_hook``, ``find_unused_parameters``,
             ``static_graph``, ...).
 
-    ``session`` is the :class:`~lightning_mosaic.session.Session` of the model being trained (None
+    ``config`` is the session configuration these arguments make (checked here, once);
+    ``session`` the :class:`~lightning_mosaic.session.Session` of the model being trained (None
     before ``setup``); ``units``, ``engine``, ``graph``, ``plan``, ``planned`` and
-    ``active_micro_batches`` read it.
+    ``active_micro_batches`` read it. On one process the strategy is a ``SingleDeviceStrategy``,
+    on several a ``DDPStrategy`` (see the module docstring).
     """
 
     strategy_name = "mosaic"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MosaicStrategy:
+        # Made as a DDP strategy (it holds every setting); one process makes it single-device later.
+        return super().__new__(cls if issubclass(cls, _Shape) else _shaped(cls, DDPStrategy))
 
     def __init__(
         self,
@@ -165,7 +174,7 @@ class MosaicStrategy(DDPStrategy):
             )
         if process_group_backend is not None and not isinstance(process_group_backend, str):
             raise TypeError(f"process_group_backend={process_group_backend!r} must be a backend name or None")
-        super().__init__(
+        super().__init__(  # DDPStrategy's (see __new__)
             accelerator=accelerator,
             parallel_devices=parallel_devices,
             cluster_environment=cluster_environment,
@@ -176,13 +185,16 @@ class MosaicStrategy(DDPStrategy):
             start_method=start_method,
             **ddp_kwargs,
         )
-        self.module_names = check_names(modules)
-        self.backend = check_backend(backend)
-        self.quotas = check_quotas(quotas)
-        self.plan_source = check_plan_source(plan, bool(self.quotas))
-        self.micro_batches = check_micro_batches(micro_batches)
-        self.graphs = check_graphs(graphs)
-        self.settings = ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds)
+        self.config = SessionConfig(
+            modules=modules,
+            plan=plan,
+            backend=backend,
+            quotas=quotas or {},
+            micro_batches=micro_batches,
+            graphs=graphs,
+            profile=ProfileSettings(path=profile, warmup_steps=warmup_steps, max_seconds=profile_seconds),
+            words=LIGHTNING_WORDS,
+        )
         self.shard = check_shard(shard)
         if self.shard is not None and start_method != "popen":
             raise ValueError(
@@ -211,58 +223,55 @@ class MosaicStrategy(DDPStrategy):
     # ------------------------------------------------------------------ one process, or DDP
 
     @property
+    def module_names(self) -> list[str] | None:
+        return list(self.config.modules) if self.config.modules is not None else None
+
+    # DDPStrategy's settings, kept while the strategy is single-device (a later Trainer may change them)
+
+    @property
+    def parallel_devices(self) -> list[torch.device] | None:
+        return self._parallel_devices
+
+    @parallel_devices.setter
+    def parallel_devices(self, devices: list[torch.device] | None) -> None:
+        self._parallel_devices = devices
+
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes
+
+    @num_nodes.setter
+    def num_nodes(self, num_nodes: int) -> None:
+        self._num_nodes = num_nodes
+
+    @property
     def is_distributed(self) -> bool:
         """Several processes: gradients are all-reduced and data is sharded with a distributed sampler."""
-        return self.num_nodes * self.num_processes > 1
+        return self._num_nodes * len(self.parallel_devices or ()) > 1
 
-    # One process is rank 0 of 1, as under SingleDeviceStrategy, whatever a cluster environment says
-    # (task 1 of 2 of a SLURM job that runs one device per task).
-
-    @property
-    def global_rank(self) -> int:
-        return super().global_rank if self.is_distributed else 0
-
-    @property
-    def local_rank(self) -> int:
-        return super().local_rank if self.is_distributed else 0
-
-    @property
-    def node_rank(self) -> int:
-        return super().node_rank if self.is_distributed else 0
-
-    @property
-    def world_size(self) -> int:
-        return super().world_size if self.is_distributed else 1
-
+    @override
     def _configure_launcher(self) -> None:
+        """The Trainer has set the devices: become single-device or DDP (see the module docstring)."""
+        declared = type(self)._declared
         if self.is_distributed:
-            super()._configure_launcher()
+            self.__class__ = _shaped(declared, DDPStrategy)
+            self.set_world_ranks()
         else:
-            self._launcher = None  # one process runs in place, as under SingleDeviceStrategy
+            self.__class__ = _shaped(declared, SingleDeviceStrategy)
+            # SingleDeviceStrategy's state: the device, and rank 0 of 1 whatever a cluster environment
+            # says (task 1 of 2 of a SLURM job that runs one device per task)
+            self._root_device = self.parallel_devices[0] if self.parallel_devices else torch.device("cpu")
+            self.global_rank, self.local_rank, self.world_size = 0, 0, 1
+        super()._configure_launcher()
 
-    def setup_environment(self) -> None:
-        super().setup_environment()
-        if not self.is_distributed:
-            # Lightning gives every DDPStrategy a DistributedSampler; with one replica it would only
-            # reshuffle a shuffled loader (and skip the draw from the global RNG its own sampler makes).
-            self.lightning_module.trainer._accelerator_connector.use_distributed_sampler = False
-
-    def setup_distributed(self) -> None:
-        if self.is_distributed:
-            super().setup_distributed()
-
+    @override
     def setup(self, trainer: pl.Trainer) -> None:
-        if self.is_distributed:
-            super().setup(trainer)
-        else:
-            Strategy.setup(self, trainer)  # SingleDeviceStrategy's setup: nothing to wrap or sync
+        super().setup(trainer)
+        if self.shard is not None and not self.is_distributed:
+            log.info(f"shard={self.shard!r}: one process holds every unit whole; nothing is sharded")
         self._start_session(trainer)
 
-    def _setup_model(self, model: nn.Module) -> nn.Module:
-        if not self.is_distributed:
-            if self.shard is not None:
-                log.info(f"shard={self.shard!r}: one process holds every unit whole; nothing is sharded")
-            return model
+    def _setup_model(self, model: nn.Module) -> nn.Module:  # DDPStrategy's: several processes
         if self.shard is None:
             return super()._setup_model(model)
         return self._shard_model(model)
@@ -292,21 +301,23 @@ class MosaicStrategy(DDPStrategy):
         return self.module_names or (profiler.module_names if profiler is not None else None)
 
     @property
+    @override
     def restore_checkpoint_after_setup(self) -> bool:
         """Sharded units load their checkpoint shards in place, after they are sharded."""
         return self.shard is not None and self.is_distributed
 
     @property
+    @override
     def lightning_restore_optimizer(self) -> bool:
         """Sharded: ``load_checkpoint`` restores the optimizers' shards itself."""
         return not self.restore_checkpoint_after_setup
 
-    def block_backward_sync(self) -> Any:
+    def block_backward_sync(self) -> Any:  # DDPStrategy's
         if self.layout is None:
             return super().block_backward_sync()
         return _NoGradientSync(self.model)
 
-    def _register_ddp_hooks(self) -> None:
+    def _register_ddp_hooks(self) -> None:  # DDPStrategy's
         if self.layout is not None:
             return  # FSDP2 reduces the gradients; no DDP wrapper
         self._register_comm_hook()
@@ -341,6 +352,7 @@ class MosaicStrategy(DDPStrategy):
 
         return after_units
 
+    @override
     def teardown(self) -> None:
         if self.lookahead is not None:
             self.lookahead.detach()  # kept for its counts
@@ -349,6 +361,7 @@ class MosaicStrategy(DDPStrategy):
         super().teardown()
 
     @classmethod
+    @override
     def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
         for name, start_method in (("mosaic", "popen"), ("mosaic_spawn", "spawn"), ("mosaic_fork", "fork")):
             strategy_registry.register(
@@ -358,6 +371,12 @@ class MosaicStrategy(DDPStrategy):
                 override=True,
                 start_method=start_method,
             )
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # A shape is made at run time; a pickle (spawned processes, deep copies) names it by the
+        # user's class and the Lightning strategy it is.
+        shape = type(self)
+        return (_remade, (shape._declared, shape._lightning), self.__dict__)
 
     # ------------------------------------------------------------------ the session
 
@@ -386,60 +405,67 @@ class MosaicStrategy(DDPStrategy):
         """Micro-batches per training step right now (1 while the plan of ``plan="auto"`` is pending)."""
         return self.session.micro_batches_now if self.session is not None else 1
 
+    def _run_config(self, trainer: pl.Trainer, fitting: bool) -> SessionConfig:
+        """This run's session configuration: the strategy's, with a ``MosaicProfiler``'s settings,
+        the Trainer's directories and precision, and the units' layout."""
+        config = self.config
+        changes: dict[str, Any] = {}
+        profiler = self._profiler()
+        settings = config.profile
+        if profiler is not None and fitting:
+            settings, changes["profile_requested"] = profiler.settings, True
+            if profiler.module_names is not None:
+                if config.modules is not None and list(config.modules) != profiler.module_names:
+                    raise ValueError(
+                        f"MosaicStrategy(modules={list(config.modules)}) and MosaicProfiler(modules="
+                        f"{profiler.module_names}) name different units; name them in one place"
+                    )
+                changes["modules"] = profiler.module_names
+        changes["profile"] = settings.in_directory(trainer.default_root_dir)
+        changes["precision"] = str(trainer.precision)
+        changes["out_dir"] = trainer.log_dir  # every rank: it broadcasts
+        if self.layout is not None:
+            changes["notes"] = (self.layout.describe(),)
+            if self.layout.sharded:
+                changes["unprofilable"] = (
+                    f"units {self.layout.sharded} are sharded: the profiler replays units on one process"
+                    " alone, and FSDP2's collectives need every rank"
+                )
+        return replace(config, **changes)
+
     def _start_session(self, trainer: pl.Trainer) -> None:
         """A session for the LightningModule (kept while the model and its units stay the same), started."""
         module = self.lightning_module
         fitting = trainer.state.fn == TrainerFn.FITTING
-        modules, settings, requested = self.module_names, self.settings, False
-        profiler = self._profiler()
-        if profiler is not None and fitting:
-            settings, requested = profiler.settings, True
-            if profiler.module_names is not None:
-                if modules is not None and modules != profiler.module_names:
-                    raise ValueError(
-                        f"MosaicStrategy(modules={modules}) and MosaicProfiler(modules="
-                        f"{profiler.module_names}) name different units; name them in one place"
-                    )
-                modules = profiler.module_names
+        config = self._run_config(trainer, fitting)
+        units = select_modules(module, list(config.modules) if config.modules is not None else None)
+        layout = self.layout.units if self.layout is not None else dict.fromkeys(units, REPLICATED)
+        config = replace(config, resident_bytes=resident_bytes(units, layout, self.world_size))
         session = self.session
-        units = select_modules(module, modules)
-        if session is None or _key(session.selection) != _key(units):
+        if (
+            session is None
+            or _key(session.selection) != _key(units)
+            or session.config.modules != config.modules
+        ):
             if session is not None:
                 session.close()
             session = Session(
                 module,
                 self.root_device,
-                modules=modules,
-                plan=self.plan_source,
-                backend=self.backend,
-                quotas=self.quotas,
-                micro_batches=self.micro_batches,
+                config,
                 broadcast=self.broadcast,
+                is_main=self.is_global_zero,
                 batch_size_of=extract_batch_size,
                 on_apply=self._plan_applied,
-                graphs=self.graphs,
             )
-        session.settings = settings.in_directory(trainer.default_root_dir)
-        session.profile_requested = requested
-        layout = self.layout.units if self.layout is not None else dict.fromkeys(session.units, REPLICATED)
-        session.resident_bytes = resident_bytes(session.units, layout, self.world_size)
-        if self.layout is not None:
-            session.notes = (self.layout.describe(),)
-            if self.layout.sharded:
-                session.unprofilable = (
-                    f"units {self.layout.sharded} are sharded: the profiler replays units on one process"
-                    " alone, and FSDP2's collectives need every rank"
-                )
-        session.is_main = self.is_global_zero
-        session.precision = str(trainer.precision)
-        session.out_dir = trainer.log_dir  # every rank: it broadcasts
+        profiler = self._profiler()
         restored, self._restored = self._restored, None
         if restored is None and profiler is not None and profiler.restored is not None:
             restored = {"profile": profiler.restored}
         if restored is not None:
             session.load_state_dict(restored)
         self.session = session
-        session.start(fitting)
+        session.start(fitting, config)
         if profiler is not None and fitting:
             profiler.share(session)
 
@@ -457,29 +483,36 @@ class MosaicStrategy(DDPStrategy):
             self.lookahead = Lookahead(self.session.units, list(plan.lookahead), self.session.engine)
             self.lookahead.attach()
 
-    # With sharded units the model's and optimizers' states are FSDP2's (DTensors): they are saved and
-    # loaded as Lightning's ModelParallelStrategy does, through torch.distributed.checkpoint, so its
-    # checkpoints and ours load into each other.
+    # With sharded units the model's and optimizers' states are FSDP2's (DTensors): ``sharded.py``
+    # saves and loads them as Lightning's ModelParallelStrategy does, so its checkpoints and ours
+    # load into each other.
 
+    @override
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self.layout is None:
             return super().lightning_module_state_dict()
-        return ModelParallelStrategy.lightning_module_state_dict(self)  # type: ignore[arg-type]
+        return sharded.model_state(self.model, self._save_distributed_checkpoint)
 
+    @override
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         if self.layout is None:
             return super().optimizer_state(optimizer)
-        return ModelParallelStrategy.optimizer_state(self, optimizer)  # type: ignore[arg-type]
+        return sharded.optimizer_state(
+            self.model, optimizer, self._save_distributed_checkpoint, self.global_rank
+        )
 
+    @override
     def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
         if self.layout is None:
             super().load_model_state_dict(checkpoint, strict=strict)
         # sharded: loaded in place by load_checkpoint
 
+    @override
     def load_optimizer_state_dict(self, checkpoint: Any) -> None:
         if self.layout is None:
             super().load_optimizer_state_dict(checkpoint)
 
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
@@ -489,15 +522,33 @@ class MosaicStrategy(DDPStrategy):
         state = self.session.state_dict() if self.session is not None else None
         if state is not None and state["profile"] is not None:
             checkpoint[CHECKPOINT_KEY] = state
-        if self.layout is not None and self._save_distributed_checkpoint:
-            # a directory of shards, every rank writing its own (ModelParallelStrategy's format)
-            ModelParallelStrategy.save_checkpoint(self, checkpoint, filepath, storage_options)  # type: ignore[arg-type]
+        if self.layout is None:
+            super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
             return
-        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint(..., storage_options=...) is not supported with"
+                " shard=: sharded checkpoints do not go through the CheckpointIO"
+            )
+        sharded.save(
+            checkpoint,
+            Path(self.broadcast(filepath)),  # rank 0's path, so that every rank writes to one place
+            self._save_distributed_checkpoint,
+            self.global_rank,
+            lambda c, p: super(MosaicStrategy, self).save_checkpoint(c, p),
+        )
 
+    @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if self.layout is not None:
-            checkpoint = ModelParallelStrategy.load_checkpoint(self, checkpoint_path, weights_only)  # type: ignore[arg-type]
+            assert self.model is not None and self.lightning_module is not None
+            checkpoint = sharded.load(
+                Path(self.broadcast(checkpoint_path)),
+                self.model,
+                self.optimizers,
+                self.lightning_module.strict_loading,
+                weights_only,
+            )
         else:
             checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         restored = checkpoint.get(CHECKPOINT_KEY)
@@ -509,6 +560,7 @@ class MosaicStrategy(DDPStrategy):
 
     # ------------------------------------------------------------------ hooks and steps
 
+    @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         trainer = self.lightning_module.trainer
@@ -517,21 +569,25 @@ class MosaicStrategy(DDPStrategy):
         if self.lookahead is not None:
             self.lookahead.step(trainer, batch, batch_idx)
 
+    @override
     def on_train_end(self) -> None:
         super().on_train_end()
         if self.session is not None:
             self.session.finish(self.lightning_module.trainer.global_step)
 
+    @override
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)
         if self.session is not None:
             self.session.abort()
 
+    @override
     def pre_backward(self, closure_loss: Tensor) -> None:
         if self.engine is not None:
             self.engine.before_backward(closure_loss)
         super().pre_backward(closure_loss)
 
+    @override
     def post_backward(self, closure_loss: Tensor) -> None:
         if self.engine is not None:
             self.engine.join()  # before optimizer.step: the caller's stream waits for every unit stream
@@ -543,6 +599,7 @@ class MosaicStrategy(DDPStrategy):
         with self.session.step(train):
             return step(*args, **kwargs)
 
+    @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         k = self.active_micro_batches
         try:
@@ -570,14 +627,43 @@ class MosaicStrategy(DDPStrategy):
             finally:
                 del module.__dict__[_MICRO_STEPS]
 
+    @override
     def validation_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_step(False, super().validation_step, *args, **kwargs)
 
+    @override
     def test_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_step(False, super().test_step, *args, **kwargs)
 
+    @override
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_step(False, super().predict_step, *args, **kwargs)
+
+
+class _Shape:
+    """A :class:`MosaicStrategy` class shaped as a Lightning strategy (see :func:`_shaped`)."""
+
+    _declared: type[MosaicStrategy]
+    _lightning: type[Strategy]
+
+
+_SHAPES: dict[tuple[type, type], type] = {}
+
+
+def _shaped(declared: type[MosaicStrategy], lightning: type[Strategy]) -> type:
+    """``declared`` (``MosaicStrategy`` or a user's subclass) as a ``lightning`` strategy
+    (``SingleDeviceStrategy`` or ``DDPStrategy``), made once; it keeps the declared class's name."""
+    key = (declared, lightning)
+    if key not in _SHAPES:
+        namespace = {"__module__": declared.__module__, "__qualname__": declared.__qualname__}
+        namespace.update(_declared=declared, _lightning=lightning, __doc__=declared.__doc__)
+        _SHAPES[key] = type(declared.__name__, (_Shape, declared, lightning), namespace)
+    return _SHAPES[key]
+
+
+def _remade(declared: type[MosaicStrategy], lightning: type[Strategy]) -> MosaicStrategy:
+    """An empty strategy of the shape ``(declared, lightning)``, for unpickling."""
+    return object.__new__(_shaped(declared, lightning))
 
 
 def _key(units: dict[str, nn.Module]) -> list[tuple[str, int]]:
