@@ -186,7 +186,7 @@ def test_bad_micro_batch_and_plan_arguments_are_rejected(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=r"plan\.json"):
         MosaicStrategy(plan=broken)
-    assert MosaicStrategy(quotas={"vision": 8}).plan_source == "concurrent"
+    assert MosaicStrategy(quotas={"vision": 8}).config.plan == "concurrent"
 
 
 def test_encoders_of_the_next_micro_batch_are_not_ordered_after_the_backbone():

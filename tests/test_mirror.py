@@ -107,9 +107,11 @@ def test_the_mirror_is_a_pytorch_lightning_strategy_and_leaves_lightning_alone()
     from lightning_mosaic.lightning import MosaicStrategy
 
     assert PLStrategy is not MosaicStrategy
-    assert issubclass(PLStrategy, pl.strategies.DDPStrategy)
+    assert issubclass(PLStrategy, pl.strategies.Strategy)
+    assert isinstance(PLStrategy(), pl.strategies.DDPStrategy), "a DDP strategy until the devices are known"
     assert not issubclass(PLStrategy, lightning.pytorch.strategies.Strategy)
-    assert issubclass(MosaicStrategy, lightning.pytorch.strategies.DDPStrategy)
+    assert not isinstance(PLStrategy(), lightning.pytorch.strategies.Strategy)
+    assert isinstance(MosaicStrategy(), lightning.pytorch.strategies.DDPStrategy)
     assert issubclass(PLProfiler, pl.Callback)
     assert PLStrategy.__module__ == f"{MIRROR}.strategy"
     assert pl.strategies.StrategyRegistry["mosaic"]["strategy"] is PLStrategy

@@ -138,10 +138,6 @@ class MosaicStrategy(Strategy):
 
     strategy_name = "mosaic"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> MosaicStrategy:
-        # Made as a DDP strategy (it holds every setting); one process makes it single-device later.
-        return super().__new__(cls if issubclass(cls, _Shape) else _shaped(cls, DDPStrategy))
-
     def __init__(
         self,
         modules: Sequence[str] | None = None,
@@ -174,7 +170,10 @@ class MosaicStrategy(Strategy):
             )
         if process_group_backend is not None and not isinstance(process_group_backend, str):
             raise TypeError(f"process_group_backend={process_group_backend!r} must be a backend name or None")
-        super().__init__(  # DDPStrategy's (see __new__)
+        if not _is_shape(type(self)):
+            # Made as a DDP strategy (it holds every setting); one process makes it single-device later.
+            self.__class__ = _shaped(type(self), DDPStrategy)
+        super().__init__(  # DDPStrategy's
             accelerator=accelerator,
             parallel_devices=parallel_devices,
             cluster_environment=cluster_environment,
@@ -271,7 +270,10 @@ class MosaicStrategy(Strategy):
             log.info(f"shard={self.shard!r}: one process holds every unit whole; nothing is sharded")
         self._start_session(trainer)
 
-    def _setup_model(self, model: nn.Module) -> nn.Module:  # DDPStrategy's: several processes
+    @override
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if not self.is_distributed:
+            return model  # SingleDeviceStrategy's: nothing to wrap or shard
         if self.shard is None:
             return super()._setup_model(model)
         return self._shard_model(model)
@@ -640,13 +642,6 @@ class MosaicStrategy(Strategy):
         return self._run_step(False, super().predict_step, *args, **kwargs)
 
 
-class _Shape:
-    """A :class:`MosaicStrategy` class shaped as a Lightning strategy (see :func:`_shaped`)."""
-
-    _declared: type[MosaicStrategy]
-    _lightning: type[Strategy]
-
-
 _SHAPES: dict[tuple[type, type], type] = {}
 
 
@@ -657,13 +652,23 @@ def _shaped(declared: type[MosaicStrategy], lightning: type[Strategy]) -> type:
     if key not in _SHAPES:
         namespace = {"__module__": declared.__module__, "__qualname__": declared.__qualname__}
         namespace.update(_declared=declared, _lightning=lightning, __doc__=declared.__doc__)
-        _SHAPES[key] = type(declared.__name__, (_Shape, declared, lightning), namespace)
+        _SHAPES[key] = type(declared.__name__, (declared, lightning), namespace)
     return _SHAPES[key]
+
+
+def _is_shape(cls: type) -> bool:
+    """Whether ``cls`` is a shape made by :func:`_shaped` (not a class a user declared)."""
+    return "_lightning" in cls.__dict__
 
 
 def _remade(declared: type[MosaicStrategy], lightning: type[Strategy]) -> MosaicStrategy:
     """An empty strategy of the shape ``(declared, lightning)``, for unpickling."""
     return object.__new__(_shaped(declared, lightning))
+
+
+# A MosaicStrategy takes a shape (a concrete Lightning strategy) as its __init__ begins; Python and the
+# tools that refuse an abstract class (LightningCLI's jsonargparse) must let it be instantiated.
+MosaicStrategy.__abstractmethods__ = frozenset()
 
 
 def _key(units: dict[str, nn.Module]) -> list[tuple[str, int]]:
