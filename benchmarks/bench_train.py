@@ -42,7 +42,6 @@ import torch
 from lightning_mosaic import MosaicStrategy
 from lightning_mosaic.demo import SIZES, DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.devices import DeviceSpec
-from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.guard import STEPS as GUARD_STEPS
 from lightning_mosaic.plan import Plan
 from lightning_mosaic.simulator import lower_bound
@@ -245,7 +244,7 @@ def _result(args, device, plan, planner, times, rounds, grants, notes) -> dict:
     session = planner.session
     if session is not None and session.perf_model is not None and session.profile is not None:
         model, profile = session.perf_model, session.profile
-        graph = planner.graph or ModuleGraph.from_dict(profile.graph)
+        graph = planner.graph or profile.graph
         spec = DeviceSpec.from_current(device)
         if model.capacity == spec.sm_count:
             bound = lower_bound(graph, model, profile.batch_size, plan.micro_batches, spec.quotas())

@@ -34,7 +34,7 @@ from lightning_mosaic.demo import DemoDataModule, DemoMultimodalModel
 from lightning_mosaic.engine import Engine
 from lightning_mosaic.engine.graphable import signature
 from lightning_mosaic.engine.graphs import CudaCapture, EmulatedCapture, GraphedCall, device_type_of
-from lightning_mosaic.profiler import InputCapture
+from lightning_mosaic.inputs import InputCapture
 from lightning_mosaic.selection import select_modules
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from lightning_mosaic._files import write_text
+from lightning_mosaic._files import read_json, write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
 from lightning_mosaic.profile import PASSES, Profile
 
@@ -310,11 +310,10 @@ class PerfModel(BaseEstimator):
     @classmethod
     def load(cls, path: str | os.PathLike) -> PerfModel:
         path = os.fspath(path)
+        data = read_json(path, "performance model")  # a FormatError (a ValueError) names the file
         try:
-            with open(path) as f:
-                data = json.load(f)
             return cls.from_dict(data)
-        except (OSError, ValueError) as err:
+        except ValueError as err:
             raise ValueError(f"cannot load performance model {path}: {err}") from err
 
     def describe(self) -> str:

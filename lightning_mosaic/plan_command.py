@@ -126,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
         if args.graph:
             graph = ModuleGraph.load(args.graph)
         elif profile.graph is not None:
-            graph = ModuleGraph.from_dict(profile.graph, f"the module graph in {args.profile}")
+            graph = profile.graph
         else:
             parser.error(f"{args.profile} holds no module graph; pass --graph GRAPH.json")
     except ValueError as err:

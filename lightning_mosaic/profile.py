@@ -18,11 +18,12 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_mosaic._files import FormatError, read_json, write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
+from lightning_mosaic.graph import ModuleGraph
 
 if TYPE_CHECKING:
     from torch import nn
@@ -102,7 +103,7 @@ class Profile:
     complete: bool = True  # False when ``max_seconds`` stopped it before the whole grid
     notes: list[str] = field(default_factory=list)
     created: str = ""
-    graph: dict[str, Any] | None = None  # the ModuleGraph of the profiled step (ModuleGraph.to_dict)
+    graph: ModuleGraph | None = None  # the module graph of the profiled step
     graphed: list[Sample] = field(default_factory=list)  # replays of CUDA graphs: full batch, whole device
     schema_version: int = SCHEMA_VERSION
 
@@ -155,7 +156,8 @@ class Profile:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, graph=None))
+        data["graph"] = self.graph.to_dict() if self.graph is not None else None
         for sample in [*data["samples"], *data["graphed"]]:
             sample["pass"] = sample.pop("pass_")
         return data
@@ -168,6 +170,11 @@ class Profile:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise ProfileError(f"not a valid profile: {shown}")
         data = {"graph": None} | dict(data)
+        if data["graph"] is not None:
+            try:
+                data["graph"] = ModuleGraph.from_dict(data["graph"], "profile: 'graph'")
+            except FormatError as err:
+                raise ProfileError(f"not a valid profile: {err}") from err
         data["modules"] = [ModuleInfo(**m) for m in data["modules"]]
         for key in ("samples", "graphed"):
             data[key] = [

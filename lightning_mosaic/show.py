@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lightning_mosaic.devices import unit_label
-from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.profile import Profile, ProfileError
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ def render(profile: Profile, model: PerfModel) -> str:
     scores = model.held_out_mape_
     critical = None  # without the module graph every unit may be on the critical path
     if profile.graph is not None:
-        critical = set(critical_units(model, ModuleGraph.from_dict(profile.graph), profile.batch_size))
+        critical = set(critical_units(model, profile.graph, profile.batch_size))
     lines.append("held-out MAPE per module (each point predicted by a model fitted without it):")
     width = max(len(name) for name in scores) if scores else 0
     for name, value in scores.items():

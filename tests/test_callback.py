@@ -10,7 +10,6 @@ from helpers import assert_bitwise_equal, hf_loader, hf_model, parameters, train
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_mosaic.session.profiling as profiling_module
-from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.lightning.callback import MosaicProfiler
 from lightning_mosaic.lightning.strategy import MosaicStrategy
 from lightning_mosaic.profile import Profile, validate
@@ -42,7 +41,7 @@ def test_profile_of_the_tiny_hf_model_through_a_trainer(tmp_path):
     assert {s.module for s in profile.samples} == set(UNITS)
     assert not profiler.reused
     assert set(profiler.perf_model.held_out_mape_) == set(UNITS)
-    graph = ModuleGraph.from_dict(profile.graph)  # traced in the captured step
+    graph = profile.graph  # traced in the captured step
     assert graph.inputs["llm"] == ["vision_proj", "audio_proj"] and graph.inputs["vision_proj"] == ["vision"]
     # profiling between steps changed nothing: same parameters as training without the callback
     plain = hf_model()
@@ -117,7 +116,7 @@ def test_explicit_path_and_modules(tmp_path, strategy):
     profile = Profile.load(path)
     assert profile.module_names == ["audio", "llm"]
     # the graph is over the profiled modules, even when the strategy traced one over all its units
-    assert ModuleGraph.from_dict(profile.graph).inputs == {"audio": [], "llm": ["audio"]}
+    assert profile.graph.inputs == {"audio": [], "llm": ["audio"]}
 
 
 def test_the_profile_travels_in_checkpoints(tmp_path, monkeypatch):
@@ -136,7 +135,7 @@ def test_under_the_mosaic_strategy_the_replay_bypasses_the_engine(tmp_path):
     profiler = MosaicProfiler(**FAST)
     t, model = fit([profiler], tmp_path, strategy="mosaic")
     assert profiler.profile is not None and profiler.profile.module_names == UNITS
-    assert profiler.profile.graph == t.strategy.graph.to_dict()  # the strategy's traced graph
+    assert profiler.profile.graph == t.strategy.graph  # the strategy's traced graph
     assert t.strategy.engine.calls["llm"] == 4  # the training steps only, not the replays
     plain = hf_model()
     trainer(max_steps=4).fit(plain, hf_loader())

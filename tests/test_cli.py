@@ -111,7 +111,7 @@ def test_show_flags_a_unit_too_wrong_to_plan_from(tmp_path, capsys):
         if s.module == "llm":  # measurements all over the place
             s.seconds *= rng.choice([0.2, 1.0, 5.0])
         s.host_seconds = 1e-4
-    profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_dict()
+    profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]})
     path = tmp_path / "profile.json"
     profile.save(path)
     assert main(["show", str(path)]) == 0
@@ -139,7 +139,7 @@ def _profile_with_graph(tmp_path, graph=True):
     profile = synthetic_profile(0, batches=(8, 16, 32))
     profile.device = "NVIDIA H100 80GB HBM3"
     if graph:
-        profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]}).to_dict()
+        profile.graph = ModuleGraph.from_edges({"vision": [], "llm": ["vision"]})
     path = tmp_path / "profile.json"
     profile.save(path)
     return path

@@ -167,6 +167,9 @@ def test_save_load_round_trip(tmp_path):
     path.write_text('{"kind": "something else"}')
     with pytest.raises(ValueError, match=f"cannot load performance model {path}: not a saved PerfModel"):
         PerfModel.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=f"performance model {path} is not valid JSON: .* line 1, column 2"):
+        PerfModel.load(path)
 
 
 def test_the_analytic_model_answers_like_a_fitted_one():

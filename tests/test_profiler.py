@@ -11,8 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from lightning_mosaic.inputs import InputCapture
 from lightning_mosaic.profile import Profile, validate
-from lightning_mosaic.profiler import InputCapture, profile_units, quota_grid
+from lightning_mosaic.profiler import profile_units, quota_grid
 
 
 class Trainable(nn.Module):

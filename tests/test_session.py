@@ -100,7 +100,7 @@ def test_the_loop_moves_through_its_stages_and_keeps_the_numbers(tmp_path):
     assert session.planned and session.perf_model is not None and not session.reused
     assert session.profile.module_names == UNITS and session.profile.batch_size == 8
     assert session.graph.inputs == {"vision": [], "audio": [], "head": ["vision", "audio"]}
-    assert session.profile.graph == session.graph.to_dict()
+    assert session.profile.graph == session.graph
     assert Plan.load(tmp_path / "mosaic_plan.json") == session.plan
     assert (tmp_path / "profile.json").exists() and session.optimizer_steps == 6
     assert session.engine.calls["head"] == 3, "the plan ran the last 3 steps; the replays bypassed it"

@@ -439,7 +439,7 @@ class Session:
         if graph is None:
             if profile.graph is None:
                 return  # the first step traces it
-            graph = ModuleGraph.from_dict(profile.graph)
+            graph = profile.graph
         data = None
         if self.is_main:
             planning = Planning(
@@ -467,7 +467,7 @@ class Session:
                 )
             return
         profile_graph = self.profile.graph if self.profile is not None else None
-        graph = self.graph or ModuleGraph.from_dict(profile_graph or {})
+        graph = self.graph or profile_graph or self.model_units.graph_or_chain()
         judgement = judged(self.plan, verdict, graph, self.plan_guard.tolerance)
         if self.is_main:
             (log.info if judgement.kept else log.warning)(judgement.message)
@@ -598,8 +598,8 @@ class Session:
         if self.profile is None and self.profiling.stage is Stage.OFF and profile is not None:
             self.profiling.report(profile)
         graph = self.graph
-        if graph is None and self.profile is not None and self.profile.graph is not None:
-            graph = ModuleGraph.from_dict(self.profile.graph)
+        if graph is None and self.profile is not None:
+            graph = self.profile.graph
         self._publish(graph or self.model_units.graph_or_chain())
 
     def _apply(self, plan: Plan) -> None:

@@ -23,9 +23,10 @@ import torch
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic.devices import DeviceSpec
 from lightning_mosaic.engine.graphs import Capture
+from lightning_mosaic.inputs import InputCapture
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.profile import Profile, ProfileError, fingerprint, precision_of
-from lightning_mosaic.profiler import InputCapture, profile_units
+from lightning_mosaic.profiler import profile_units
 from lightning_mosaic.session.config import ProfileSettings
 from lightning_mosaic.session.units import Units
 
@@ -170,7 +171,7 @@ class Profiling:
             except Exception as err:  # profiling is optional: it never ends a run
                 data = {"error": f"{type(err).__name__}: {err}"}
             else:
-                profile.graph = units.graph.to_dict() if units.graph is not None else None
+                profile.graph = units.graph
                 log.info(f"{profile.describe()}{self._save(profile)}")
                 data = {"profile": profile.to_dict()}
         data = self.broadcast(data)
