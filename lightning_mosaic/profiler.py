@@ -345,14 +345,7 @@ def profile_units(
     on the whole device (``Profile.graphed``); a unit that cannot be captured is said in the notes.
     """
     _check_positive_int("batch_size", batch_size)
-    _check_positive_int("repeats", repeats)
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"warmup={warmup!r} must be a whole number of runs, 0 or more")
-    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
-        raise ValueError(f"max_seconds={max_seconds!r} must be a positive number of seconds")
-    fractions = list(batch_fractions)
-    if not fractions or any(not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions):
-        raise ValueError(f"batch_fractions={fractions!r} must be numbers in (0, 1]")
+    fractions = list(check_grid(batch_fractions, None, warmup, repeats, max_seconds)[0])
     missing = [name for name in units if name not in captured]
     if missing:
         log.warning(f"modules {missing} were not called in the captured step; they are not profiled")
@@ -584,6 +577,36 @@ def _failure(
             " do not replay: a batch dimension guessed wrong?)"
         )
     return f"{err}; that point is skipped"
+
+
+def check_grid(
+    batch_fractions: Sequence[float],
+    quotas: Sequence[int] | None,
+    warmup: int,
+    repeats: int,
+    max_seconds: float,
+) -> tuple[tuple[float, ...], tuple[int, ...] | None]:
+    """The profile's grid and budget checked (one place for every entry point); returns the batch
+    fractions and the quotas as tuples."""
+    _whole("warmup", warmup, 0, "runs")
+    _whole("repeats", repeats, 1, "runs")
+    fractions = tuple(batch_fractions)
+    if not fractions or any(
+        not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in fractions
+    ):
+        raise ValueError(f"batch_fractions={list(fractions)!r} must be numbers in (0, 1]")
+    if quotas is not None:
+        quotas = tuple(quotas)
+        if not quotas or any(not isinstance(q, int) or isinstance(q, bool) or q < 1 for q in quotas):
+            raise ValueError(f"quotas={list(quotas)!r} must be whole numbers of SMs or threads, 1 or more")
+    if not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool) or not max_seconds > 0:
+        raise ValueError(f"max_seconds={max_seconds!r} must be a positive number of seconds")
+    return fractions, quotas
+
+
+def _whole(name: str, value: Any, least: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name}={value!r} must be a whole number of {what}, {least} or more")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

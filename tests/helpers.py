@@ -305,5 +305,5 @@ def side_by_side_profile(units: dict, capacity: int, noisy: str | None = None) -
         modules=[ModuleInfo(n, 100, True, True, 8) for n in units],
         samples=samples,
         memory=memory,
-        graph=graph.to_dict(),
+        graph=graph,
     )

@@ -314,7 +314,7 @@ def test_a_no_grad_first_call_gives_way_to_the_call_with_grad():
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "batch_size=0 must be a whole number, at least 1"),
-        ({"repeats": 0}, "repeats=0 must be a whole number, at least 1"),
+        ({"repeats": 0}, "repeats=0 must be a whole number of runs, 1 or more"),
         ({"warmup": -1}, "warmup=-1 must be a whole number of runs"),
         ({"max_seconds": 0}, "max_seconds=0 must be a positive number of seconds"),
         ({"batch_fractions": [0.5, 1.5]}, r"batch_fractions=\[0.5, 1.5\] must be numbers in \(0, 1\]"),

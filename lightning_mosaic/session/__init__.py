@@ -38,14 +38,14 @@ from torch import nn
 from lightning_mosaic._logging import get_logger, warn_once
 from lightning_mosaic.clock import Clock, Marks
 from lightning_mosaic.devices import DeviceSpec, device_name
-from lightning_mosaic.engine import Engine, make_backend, why_inline
+from lightning_mosaic.engine import Engine, why_inline
 from lightning_mosaic.engine.graphs import Capture, capture_for
-from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.microbatch import batch_size as default_batch_size
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.plan import Plan, temporal_plan
 from lightning_mosaic.profile import Profile
+from lightning_mosaic.session.checkpoint import state_dict, stored_state
 from lightning_mosaic.session.config import (
     PLAN_SOURCES,
     PROFILE_FILE,
@@ -66,6 +66,7 @@ from lightning_mosaic.session.decisions import (
 )
 from lightning_mosaic.session.guarding import PlanGuard
 from lightning_mosaic.session.outputs import PLAN_FILE, TIMELINE_FILE, Outputs
+from lightning_mosaic.session.placement import attach
 from lightning_mosaic.session.profiling import Profiling, Stage
 from lightning_mosaic.session.units import Units, split_changes_numbers
 from lightning_mosaic.tracing import Tracer
@@ -86,7 +87,6 @@ __all__ = [
 
 log = get_logger(__name__)
 T = TypeVar("T")
-STATE_VERSION = 1
 
 
 class Session:
@@ -338,11 +338,7 @@ class Session:
 
     def state_dict(self) -> dict[str, Any]:
         """The final plan and the profile, as plain data."""
-        return {
-            "version": STATE_VERSION,
-            "plan": self.plan.to_dict() if self.planned and self.plan is not None else None,
-            "profile": self.profile.to_dict() if self.profile is not None else None,
-        }
+        return state_dict(self.plan if self.planned else None, self.profile)
 
     def load_state_dict(self, state: Any, source: str = "the checkpoint") -> None:
         """Take a checkpoint's plan and profile: at :meth:`start`, or at once when started already.
@@ -350,7 +346,7 @@ class Session:
         The entries are checked; one that is malformed (``source`` names where it came from) is
         ignored with a warning: what it held is made again.
         """
-        state = _stored_state(state, source)
+        state = stored_state(state, source)
         if not self._started:
             self._restored = state
             return
@@ -619,62 +615,18 @@ class Session:
             )
 
     def _attach(self) -> None:
-        """(Re)attach the engine: the plan's backend, quotas and phases, or inline while none is final."""
-        engine = self.engine
-        if engine is None or not self.units:
+        """(Re)attach the engine for the plan in force (``placement.py``), and tell the driver."""
+        if self.engine is None or not self.units:
             return
-        if engine.attached:
-            engine.detach()
-        config = self.config
-        quotas: dict[str, int] = {}
-        groups = None
-        if self.planned and self.plan is not None and not self.plan.sequential:
-            wanted = {m: q for phase in self.plan.phases for m, q in phase.quotas.items() if q is not None}
-            quotas = self._checked_quotas(wanted, f" (the plan was made for {self.plan.device})")
-            backend, groups = make_backend(config.backend, self.device), [p.modules for p in self.plan.phases]
-        elif not self.planned and config.plan == "concurrent":
-            backend, quotas = make_backend(config.backend, self.device), self._checked_quotas(config.quotas)
-        else:  # the temporal plan, the warmup of plan="auto", or no plan yet: plain
-            backend = make_backend("none", self.device)
-        engine.attach(
-            self.units,
-            backend=backend,
-            quotas=quotas,
-            device=self.device,
-            groups=groups,
-            graphs=self._graphed_now(),
-            capture=self.graph_capture,
-        )
-        self._serialize()
+        final = self.plan if self.planned else None
+        attach(self.engine, self.units, final, self.config, self.device, self.graph, self.graph_capture)
         if self.on_apply is not None:
-            self.on_apply(self.plan if self.planned else None)
+            self.on_apply(final)
 
     def _serialize(self) -> None:
         """Units whose data flow bypasses their outputs run alone; all of them until a step was traced."""
         if self.engine is not None:
             self.engine.serial = self.model_units.alone
-
-    def _graphed_now(self) -> list[str]:
-        """The plan's graphed units the engine captures now: once the graph is known (never a unit
-        that runs alone), where CUDA graphs can be made (else said once)."""
-        if not self.planned or self.plan is None or not self.plan.graphs or self.graph is None:
-            return []
-        units = [u for u in self.plan.graphs if u not in self.graph.effects and u in self.units]
-        if units and self.graph_capture is None:
-            warn_once(
-                log,
-                f"no-capture-{self.device}",
-                f"the plan graphs {units}, but CUDA graphs need a CUDA device: they run eagerly on"
-                f" {device_name(self.device)}",
-            )
-            return []
-        return units
-
-    def _checked_quotas(self, quotas: Mapping[str, int], where: str = "") -> dict[str, int]:
-        """``quotas`` checked against the units and, on a GPU, its SM count."""
-        spec = DeviceSpec.from_current(self.device)
-        sm_count = spec.sm_count if spec.quota_unit == "sm" else None
-        return check_quotas(quotas, list(self.units), sm_count, f"{spec.name}{where}")
 
     def _announce(self) -> None:
         if self.planned and self.plan is not None:
@@ -695,27 +647,6 @@ class Session:
                 f" so the numbers will differ from {self.config.words.plain}'s (micro_batches=1 keeps them"
                 " identical)",
             )
-
-
-def _stored_state(state: Any, source: str) -> dict[str, Any]:
-    """A session state from a checkpoint as ``{"plan": Plan | None, "profile": Profile | None}``; a
-    malformed entry is left out with a warning naming ``source``."""
-    if not isinstance(state, Mapping):
-        log.warning(
-            f"{source}'s mosaic state is not a mapping but {type(state).__name__}; it is ignored (the plan"
-            " and the profile are made again)"
-        )
-        return {}
-    out: dict[str, Any] = {}
-    for key, parse in (("plan", Plan.from_dict), ("profile", Profile.from_dict)):
-        value = state.get(key)
-        if value is None:
-            continue
-        try:
-            out[key] = parse(value) if not isinstance(value, (Plan, Profile)) else value
-        except ValueError as err:
-            log.warning(f"{source}'s mosaic {key} is not valid ({err}); it is ignored and made again")
-    return out
 
 
 def _trainable(module: nn.Module) -> bool:

@@ -19,7 +19,7 @@ from lightning_mosaic.engine.graphs import check_graphs
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.guard import STEPS
 from lightning_mosaic.plan import Plan
-from lightning_mosaic.profiler import DEFAULT_FRACTIONS
+from lightning_mosaic.profiler import DEFAULT_FRACTIONS, check_grid
 from lightning_mosaic.selection import check_names
 
 PLAN_SOURCES = ("auto", "temporal", "concurrent")
@@ -62,27 +62,11 @@ class ProfileSettings:
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress={self.progress!r} must be True or False")
         whole("warmup_steps", self.warmup_steps, 0, "steps")
-        whole("warmup", self.warmup, 0, "runs")
-        whole("repeats", self.repeats, 1, "runs")
-        fractions = tuple(self.batch_fractions)
-        if not fractions or any(
-            not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in fractions
-        ):
-            raise ValueError(f"batch_fractions={list(fractions)!r} must be numbers in (0, 1]")
+        fractions, quotas = check_grid(
+            self.batch_fractions, self.quotas, self.warmup, self.repeats, self.max_seconds
+        )
         object.__setattr__(self, "batch_fractions", fractions)
-        if self.quotas is not None:
-            quotas = tuple(self.quotas)
-            if not quotas or any(not isinstance(q, int) or isinstance(q, bool) or q < 1 for q in quotas):
-                raise ValueError(
-                    f"quotas={list(quotas)!r} must be whole numbers of SMs or threads, 1 or more"
-                )
-            object.__setattr__(self, "quotas", quotas)
-        if (
-            not isinstance(self.max_seconds, (int, float))
-            or isinstance(self.max_seconds, bool)
-            or not self.max_seconds > 0
-        ):
-            raise ValueError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds")
+        object.__setattr__(self, "quotas", quotas)
 
     def in_directory(self, directory: str | os.PathLike) -> ProfileSettings:
         """These settings with the default file in ``directory`` when no path is set."""
