@@ -17,7 +17,6 @@ import torch
 
 from lightning_mosaic import MosaicProfiler
 from lightning_mosaic.devices import DeviceSpec
-from lightning_mosaic.graph import ModuleGraph
 from lightning_mosaic.planner import plan
 from lightning_mosaic.zoo import build, data
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.fit(build(args.model, size), data(args.model, size, batch_size=args.batch_size, num_samples=64))
 
     profile = profiler.profile
-    graph = ModuleGraph.from_dict(profile.graph)
+    graph = profile.graph  # the module graph traced in the profiled step
     report = {}
     here = DeviceSpec.from_profile(profile)  # the device, as it was when profiled
     for device in (here, DeviceSpec.preset("h100")) if gpu else (here,):

@@ -152,7 +152,7 @@ def chosen_plan(
     elif unprofiled:
         reason = f"units {unprofiled} ran in training steps but have no profile (see the warnings above)"
     elif wrong:
-        reason = _too_wrong(wrong, profile, config)
+        reason = too_wrong_reason(wrong, profile, config)
     else:
         options: dict[str, Any] = {
             "micro_batches": config.micro_batches,
@@ -182,7 +182,9 @@ def chosen_plan(
     return chosen
 
 
-def _too_wrong(wrong: Mapping[str, float], profile: Profile, config: SessionConfig) -> str:
+def too_wrong_reason(wrong: Mapping[str, float], profile: Profile, config: SessionConfig) -> str:
+    """Why a model whose held-out MAPE is ``wrong`` per unit is not planned from, and what to change,
+    in the driver's words (``config.words``)."""
     listed = ", ".join(f"{m} {e:.0%}" for m, e in wrong.items())
     words = config.words
     if any(note.startswith("stopped by max_seconds") for note in profile.notes):
