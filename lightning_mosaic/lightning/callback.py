@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.data import extract_batch_size
+from typing_extensions import override
 
 from lightning_mosaic.perfmodel import PerfModel
 from lightning_mosaic.profile import Profile
@@ -110,10 +111,12 @@ class MosaicProfiler(Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.session, self._driving = None, False  # a new run: the strategy may share its session
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.session is not None:
             return  # shared by the strategy
@@ -140,22 +143,26 @@ class MosaicProfiler(Callback):
             self.restored = None
         self.session.start(fitting=True)
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._driving:
             self.session.before_step(trainer.global_step, batch)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._driving:
             self.session.advance(trainer.global_step)  # profiles the step just captured
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._driving:
             self.session.finish(trainer.global_step)
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -172,9 +179,11 @@ class MosaicProfiler(Callback):
             state.update(session=None, _driving=False, restored=profile.to_dict() if profile else None)
         return state
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         profile = self.profile
         return {"profile": profile.to_dict() if profile is not None else None}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict.get("profile")

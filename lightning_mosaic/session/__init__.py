@@ -208,7 +208,7 @@ class Session:
         from_checkpoint = False
         given = config.given_plan
         if given is not None and not self.planned:
-            self.model_units.adopt(given.modules)  # a plan made for the parts of automatic units
+            self.model_units.take_names(given.modules)  # a plan made for the parts of automatic units
             self._set_plan(given)
         elif restored.get("plan") is not None and config.plan == "auto":
             self._restore_plan(restored["plan"])  # a plan given by hand wins
@@ -233,7 +233,7 @@ class Session:
         self.profiling.begin(wanted, self.model_units, restored.get("profile"))
         self._attach()
         if from_checkpoint:
-            self._publish_restored(restored)
+            self._write_restored_outputs(restored)
 
     @contextmanager
     def step(self, train: bool = True) -> Iterator[None]:
@@ -280,7 +280,7 @@ class Session:
             return
         if self.engine is not None:
             self.plan_guard.end()
-        self._settle(steps_done)
+        self._at_boundary(steps_done)
         if self.micro_batches_now > 1 and not self._split_checked:
             self._split_checked = True
             self._warn_split_numbers()
@@ -304,7 +304,7 @@ class Session:
             traced = self._end_recording()
             if traced is not None:
                 self._traced(*traced)
-        self._settle(steps_done)
+        self._at_boundary(steps_done)
 
     def finish(self, steps_done: int) -> None:
         """Training ended: a captured step is still profiled (and planned); say so if none was."""
@@ -360,7 +360,7 @@ class Session:
                     self.abort()
                     self.profiling.stop()
                 self._attach()
-                self._publish_restored(state)
+                self._write_restored_outputs(state)
         if state.get("profile") is not None and self.profiling.stage is Stage.WARMUP:  # still wanted
             found = self.profiling.matching([(source, state["profile"])], self.model_units)
             if found is not None:
@@ -393,7 +393,7 @@ class Session:
         self.profiling.close(set(graph.called if graph is not None else ()) | self.model_units.unseen)
         return traced
 
-    def _settle(self, steps_done: int | None) -> None:
+    def _at_boundary(self, steps_done: int | None) -> None:
         """At a step boundary: profile a recorded step, plan from a profile at hand, judge a plan."""
         if steps_done is not None:
             self.optimizer_steps = steps_done
@@ -425,7 +425,7 @@ class Session:
             log.warning(f"{reason}; training goes on with the temporal plan")
         graph = self.model_units.graph_or_chain()
         self._apply(temporal_plan(graph, device_name(self.device), notes=[f"{reason}: temporal plan"]))
-        self._publish(graph)
+        self._write_outputs(graph)
 
     def _plan_from_profile(self) -> None:
         """Plan on the main process, share the plan, apply it everywhere, write it out."""
@@ -446,7 +446,7 @@ class Session:
             )
             data = chosen_plan(graph, profile, self.perf_model, self.config, planning).to_dict()
         self._apply(Plan.from_dict(self.broadcast(data)))
-        self._publish(graph)
+        self._write_outputs(graph)
         if self.plan is not None and not self.plan.plain:  # runs units otherwise than plain: time it
             self.plan_guard.watch()
 
@@ -472,7 +472,7 @@ class Session:
         else:
             self._apply(judgement.plan)
         if self.graph is not None:
-            self._publish(self.graph)
+            self._write_outputs(self.graph)
 
     def _refine(self, ran: set[int]) -> bool:
         """Replace units whose forward never ran by their parts that did (the main process decides);
@@ -562,7 +562,7 @@ class Session:
                     " are profiled and planned"
                 )
             log.info(f"{graph.describe()}{pending}")
-        self._announce()
+        self._log_plan()
 
     # ------------------------------------------------------------------ applying a plan
 
@@ -582,12 +582,12 @@ class Session:
                 " plan is made again"
             )
             return
-        self.model_units.adopt(plan.modules)
+        self.model_units.take_names(plan.modules)
         self._set_plan(plan)
         if self.is_main:
             log.info("applying the plan from the checkpoint; not profiling or planning again")
 
-    def _publish_restored(self, state: Mapping[str, Any]) -> None:
+    def _write_restored_outputs(self, state: Mapping[str, Any]) -> None:
         """A plan taken from a checkpoint: this run's directory gets it too, with the profile it came
         from (which the session then reports, when it measures none of its own)."""
         profile = state.get("profile")
@@ -596,12 +596,12 @@ class Session:
         graph = self.graph
         if graph is None and self.profile is not None:
             graph = self.profile.graph
-        self._publish(graph or self.model_units.graph_or_chain())
+        self._write_outputs(graph or self.model_units.graph_or_chain())
 
     def _apply(self, plan: Plan) -> None:
         self._set_plan(plan)
         self._attach()
-        self._announce()
+        self._log_plan()
 
     def _check_cap(self) -> None:
         cap = self.max_micro_batches
@@ -628,11 +628,11 @@ class Session:
         if self.engine is not None:
             self.engine.serial = self.model_units.alone
 
-    def _announce(self) -> None:
+    def _log_plan(self) -> None:
         if self.planned and self.plan is not None:
             self.outputs.announce(self.plan, self.engine, self.config.backend)
 
-    def _publish(self, graph: ModuleGraph) -> None:
+    def _write_outputs(self, graph: ModuleGraph) -> None:
         if self.plan is not None:
             self.outputs.publish(self.plan, graph, self.profile, self.perf_model, self.config.profile.path)
 

@@ -218,7 +218,7 @@ class Profiling:
                 fingerprint(named, precision_of(self.precision)), spec.name, spec.sm_count
             )
             if reason is None:
-                units.adopt(list(named))  # the parts of automatic units, refined when it was measured
+                units.take_names(list(named))  # the parts of automatic units, refined when it was measured
                 log.info(
                     f"reusing the profile from {source} (measured {profile.created}); not profiling again"
                 )

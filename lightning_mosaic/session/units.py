@@ -80,7 +80,7 @@ class Units:
         order = {id(m): i for i, m in enumerate(self.root.modules())}
         return dict(sorted(found.items(), key=lambda item: order.get(id(item[1]), len(order))))
 
-    def adopt(self, names: Sequence[str]) -> bool:
+    def take_names(self, names: Sequence[str]) -> bool:
         """Make ``names`` the units (a refined selection a profile, plan or checkpoint was made for)
         where they resolve; True if the units are now ``names``."""
         units = self.named(names)
@@ -101,7 +101,7 @@ class Units:
         if list(names) == list(self.modules):
             return []
         before = list(self.modules)
-        self.adopt(names)
+        self.take_names(names)
         self.graph = None
         return [n for n in before if n not in self.modules]
 
