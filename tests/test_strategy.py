@@ -810,10 +810,14 @@ def test_one_device_under_a_cluster_environment_is_rank_0_of_1(monkeypatch, tmp_
         SLURM_JOB_NAME="train", SLURM_JOB_ID="7", SLURM_NODELIST="node1",
     ).items():  # fmt: skip
         monkeypatch.setenv(name, value)
+    from lightning.pytorch.utilities import rank_zero_only
+
     plain = demo_model()
     trainer("auto", max_steps=2).fit(plain, demo_data())
+    plain_rank = rank_zero_only.rank
     model = demo_model()
     t = trainer("mosaic", max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
+    assert rank_zero_only.rank == plain_rank, "the ranks of rank_zero_only are plain Lightning's"
     assert isinstance(t.strategy.cluster_environment, SLURMEnvironment)
     t.fit(model, demo_data())
     assert (t.global_rank, t.local_rank, t.node_rank, t.world_size) == (0, 0, 0, 1) and t.is_global_zero

@@ -1,9 +1,10 @@
 """The engine: route each unit's call onto the unit's stream, race-free, without wrapping anything.
 
 The engine registers a forward pre-hook and an always-called forward hook on each unit (never a
-wrapper module, never a replaced ``forward``), so ``state_dict`` keys, checkpoints and
-``isinstance`` checks stay as in plain PyTorch and :meth:`Engine.detach` leaves the model as it
-found it. With a concurrent backend, one call runs this protocol:
+wrapper module), so ``state_dict`` keys, checkpoints and ``isinstance`` checks stay as in plain
+PyTorch and :meth:`Engine.detach` leaves the model as it found it. Only a unit graphed as CUDA
+graphs gets a per-instance ``forward`` (``engine/graphs.py``), which detaching removes and which a
+copy of the unit leaves behind. With a concurrent backend, one call runs this protocol:
 
 1. pre-hook, on the caller's stream: record an event on the caller's stream and make the unit's
    stream wait on it (the unit sees everything the caller did before the call); inputs that are

@@ -248,6 +248,11 @@ class MosaicStrategy(Strategy):
         """Several processes: gradients are all-reduced and data is sharded with a distributed sampler."""
         return self._num_nodes * len(self.parallel_devices or ()) > 1
 
+    def set_world_ranks(self) -> None:  # DDPStrategy's, with several processes
+        # One process keeps the ranks plain Lightning gives a single device (rank_zero_only included).
+        if self.is_distributed and isinstance(self, DDPStrategy):
+            super().set_world_ranks()
+
     @override
     def _configure_launcher(self) -> None:
         """The Trainer has set the devices: become single-device or DDP (see the module docstring)."""

@@ -191,7 +191,7 @@ class Session:
     def start(self, fitting: bool = True, config: SessionConfig | None = None) -> None:
         """Begin a run (``fitting``: a training run, where profiling happens) under ``config`` (None:
         the one it has; a new run of the same units may bring its own): apply the plan at hand."""
-        if config is not None and config is not self.config:
+        if config is not None and config != self.config:
             self._configure(config)
         config = self.config
         self.fitting, self._started, self._finished = fitting, True, False
