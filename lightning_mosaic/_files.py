@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -49,10 +50,76 @@ def expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     else:
         ok = isinstance(value, kinds)
     if not ok:
-        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        shown = [k for k in kinds if not (k is int and float in kinds)]  # a number covers integers
+        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in shown)
         got = _JSON_NAMES.get(type(value), type(value).__name__)
         raise FormatError(f"{where} must be {names}, got {got}: {_short(value)}")
     return value
+
+
+OTHERS = "..."  # a key of an object schema: fields besides those named are allowed
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """An object schema of any keys (names chosen by the data, such as units) whose values are ``kind``."""
+
+    kind: Any
+
+
+def schema_problems(value: Any, schema: Any, where: str, optional: frozenset[str] = frozenset()) -> list[str]:
+    """Every way ``value`` departs from ``schema`` (empty: none), each naming its place from ``where``.
+
+    A schema is a type or a tuple of types (``type(None)`` for null), ``[item]`` for a list of items,
+    a dict for an object with those fields (``optional`` names those it may lack; an ``OTHERS`` key
+    allows fields besides), or :class:`MapOf` for an object of any keys. One idiom for every file
+    the project reads: profiles, plans, module graphs.
+    """
+    problems: list[str] = []
+    _walk(value, schema, where, optional, problems)
+    return problems
+
+
+def check_schema(value: Any, schema: Any, where: str, optional: frozenset[str] = frozenset()) -> None:
+    """Raise a :class:`FormatError` listing how ``value`` departs from ``schema`` (the first five)."""
+    problems = schema_problems(value, schema, where, optional)
+    if problems:
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise FormatError("; ".join(problems[:5]) + more)
+
+
+def _walk(value: Any, schema: Any, where: str, optional: frozenset[str], problems: list[str]) -> None:
+    if isinstance(schema, dict):
+        if not _is(value, dict, problems, where):
+            return
+        missing = [key for key in schema if key != OTHERS and key not in value and key not in optional]
+        if missing:
+            problems.append(f"{where} misses {missing}")
+        extra = [key for key in value if key not in schema]
+        if extra and OTHERS not in schema:
+            problems.append(f"{where} has unknown fields {extra}")
+        for key, sub in schema.items():
+            if key != OTHERS and key in value:
+                _walk(value[key], sub, f"{where}.{key}", optional, problems)
+    elif isinstance(schema, MapOf):
+        if _is(value, dict, problems, where):
+            for key, item in value.items():
+                _walk(item, schema.kind, f"{where}[{key!r}]", optional, problems)
+    elif isinstance(schema, list):
+        if _is(value, list, problems, where):
+            for i, item in enumerate(value):
+                _walk(item, schema[0], f"{where}[{i}]", optional, problems)
+    else:
+        _is(value, schema, problems, where)
+
+
+def _is(value: Any, kind: type | tuple[type, ...], problems: list[str], where: str) -> bool:
+    try:
+        expect(value, kind, where)
+    except FormatError as err:
+        problems.append(str(err))
+        return False
+    return True
 
 
 _JSON_NAMES = {

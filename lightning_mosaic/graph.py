@@ -13,9 +13,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_mosaic._files import FormatError, expect, parse_json, read_json
+from lightning_mosaic._files import OTHERS, FormatError, MapOf, check_schema, expect, parse_json, read_json
 
 SCHEMA_VERSION = 1
+SCHEMA = {
+    "schema_version": int,
+    "inputs": MapOf([str]),  # unit -> the units whose outputs it consumes
+    "frozen": [str],
+    "calls": MapOf(int),
+    "parameters": MapOf(int),
+    "effects": MapOf(str),
+    OTHERS: True,
+}
+"""A module graph's JSON layout, in the schema language of ``_files.schema_problems``."""
+OPTIONAL = frozenset({"frozen", "calls", "parameters", "effects"})
 
 
 @dataclass
@@ -277,12 +288,11 @@ class ModuleGraph:
             raise FormatError(
                 f"{source}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
             )
-        inputs = expect(data.get("inputs"), dict, f"{source}: 'inputs'")
-        for name, deps in inputs.items():
-            for i, dep in enumerate(expect(deps, list, f"{source}: inputs[{name!r}]")):
-                expect(dep, str, f"{source}: inputs[{name!r}][{i}]")
-        for key, kind in (("frozen", list), ("calls", dict), ("parameters", dict), ("effects", dict)):
-            expect(data.get(key, kind()), kind, f"{source}: {key!r}")
+        try:
+            check_schema(data, SCHEMA, "graph", OPTIONAL)
+        except FormatError as err:
+            raise FormatError(f"{source}: {err}") from err
+        inputs = data["inputs"]
         try:
             return cls(
                 inputs=dict(inputs),

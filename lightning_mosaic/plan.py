@@ -16,12 +16,40 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import FormatError, expect, parse_json, read_json, write_text
+from lightning_mosaic._files import (
+    OTHERS,
+    FormatError,
+    MapOf,
+    check_schema,
+    expect,
+    parse_json,
+    read_json,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from lightning_mosaic.graph import ModuleGraph
 
 SCHEMA_VERSION = 1
+_NUMBER = (int, float, type(None))
+SCHEMA = {
+    "schema_version": int,
+    "phases": [MapOf((int, type(None)))],  # each phase: unit -> SMs (null: the whole device)
+    "micro_batches": int,
+    "device": str,
+    "method": str,
+    "predicted_step_s": _NUMBER,
+    "predicted_temporal_s": _NUMBER,
+    "predicted_peak_bytes": (int, type(None)),
+    "measured_step_s": _NUMBER,
+    "measured_temporal_s": _NUMBER,
+    "notes": [str],
+    "lookahead": [str],
+    "graphs": [str],
+    OTHERS: True,
+}
+"""A plan file's JSON layout, in the schema language of ``_files.schema_problems``."""
+OPTIONAL = frozenset(SCHEMA) - {"schema_version", "phases"}
 
 
 @dataclass(frozen=True)
@@ -236,31 +264,11 @@ class Plan:
             raise FormatError(
                 f"{source}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
             )
-        phases = expect(data.get("phases"), list, f"{source}: 'phases'")
-        for i, phase in enumerate(phases):
-            expect(phase, dict, f"{source}: phases[{i}]")
-            for name, quota in phase.items():
-                expect(quota, (int, type(None)), f"{source}: phases[{i}][{name!r}] (a quota)")
-        number = (int, float, type(None))
-        fields = {
-            "micro_batches": int,
-            "device": str,
-            "method": str,
-            "predicted_step_s": number,
-            "predicted_temporal_s": number,
-            "predicted_peak_bytes": (int, type(None)),
-            "measured_step_s": number,
-            "measured_temporal_s": number,
-            "notes": list,
-            "lookahead": list,
-            "graphs": list,
-        }
-        for key, kind in fields.items():
-            if key in data:
-                expect(data[key], kind, f"{source}: {key!r}")
-        for key in ("notes", "lookahead", "graphs"):
-            for i, item in enumerate(data.get(key, ())):
-                expect(item, str, f"{source}: {key}[{i}]")
+        try:
+            check_schema(data, SCHEMA, "plan", OPTIONAL)
+        except FormatError as err:
+            raise FormatError(f"{source}: {err}" if source != "plan" else str(err)) from err
+        phases = data["phases"]
         try:
             return cls(
                 phases=tuple(Phase(quotas=dict(q)) for q in phases),

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import FormatError, read_json, write_text
+from lightning_mosaic._files import OTHERS, FormatError, read_json, schema_problems, write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
 from lightning_mosaic.graph import ModuleGraph
 
@@ -304,7 +304,7 @@ _MODULE = {
 }
 SCHEMA: dict[str, Any] = {
     "schema_version": int,
-    "fingerprint": {"digest": str, "modules": dict, "precision": (str, type(None))},
+    "fingerprint": {"digest": str, "modules": dict, "precision": (str, type(None)), OTHERS: True},
     "device": str,
     "device_type": str,
     "quota_unit": str,
@@ -338,7 +338,7 @@ def validate(data: Any) -> list[str]:
             f"schema_version {data.get('schema_version')!r} is not supported"
             f" (this version reads {SCHEMA_VERSION})"
         ]
-    _check(data, SCHEMA, "profile", problems)
+    problems += schema_problems(data, SCHEMA, "profile", OPTIONAL)
     if problems:
         return problems
     names = {m["name"] for m in data["modules"]}
@@ -371,31 +371,3 @@ def validate(data: Any) -> list[str]:
         if m["module"] not in names:
             problems.append(f"memory[{i}].module {m['module']!r} is not one of the profile's modules")
     return problems
-
-
-def _check(value: Any, spec: Any, where: str, problems: list[str]) -> None:
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            problems.append(f"{where} must be an object, got {type(value).__name__}")
-            return
-        missing = [key for key in spec if key not in value and key not in OPTIONAL]
-        if missing:
-            problems.append(f"{where} misses {missing}")
-        extra = [key for key in value if key not in spec]
-        if extra and where != "profile.fingerprint":
-            problems.append(f"{where} has unknown fields {extra}")
-        for key, sub in spec.items():
-            if key in value:
-                _check(value[key], sub, f"{where}.{key}", problems)
-    elif isinstance(spec, list):
-        if not isinstance(value, list):
-            problems.append(f"{where} must be a list, got {type(value).__name__}")
-            return
-        for i, item in enumerate(value):
-            _check(item, spec[0], f"{where}[{i}]", problems)
-    else:
-        allowed = spec if isinstance(spec, tuple) else (spec,)
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        if not ok:
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            problems.append(f"{where} must be {names}, got {type(value).__name__}: {value!r:.60}")

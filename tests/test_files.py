@@ -39,7 +39,9 @@ def test_a_module_graph_file_is_read_strictly(tmp_path):
     path.write_text(graph.to_json())
     assert ModuleGraph.load(path) == graph
     path.write_text('{"schema_version": 1, "inputs": {"b": "a"}}')
-    with pytest.raises(FormatError, match=rf"module graph file {path}: inputs\['b'\] must be a list"):
+    with pytest.raises(
+        FormatError, match=rf"module graph file {path}: graph\.inputs\['b'\] must be a list, got a string"
+    ):
         ModuleGraph.load(path)
     path.write_text('{"schema_version": 1, "inputs": {"b": ["c"]}}')
     with pytest.raises(FormatError, match=r"module graph file .*: module 'b' consumes unknown module 'c'"):
@@ -82,3 +84,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         write_text(path, "new")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["plan.json"]
+
+
+def test_one_schema_language_for_every_file():
+    from lightning_mosaic._files import OTHERS, MapOf, check_schema, schema_problems
+
+    schema = {"version": int, "phases": [MapOf((int, type(None)))], "notes": [str], "size": (int, float)}
+    good = {"version": 1, "phases": [{"vision": 8, "llm": None}], "size": 2.5}
+    assert schema_problems(good, schema, "plan", optional=frozenset({"notes"})) == []
+    bad = {"phases": [{"vision": "8"}], "notes": "a", "extra": 1, "size": True}
+    assert schema_problems(bad, schema, "plan") == [
+        "plan misses ['version']",
+        "plan has unknown fields ['extra']",
+        "plan.phases[0]['vision'] must be an integer or null, got a string: '8'",
+        "plan.notes must be a list, got a string: 'a'",
+        "plan.size must be a number, got true or false: True",
+    ]
+    assert schema_problems({"version": 1, "extra": 1}, {"version": int, OTHERS: True}, "x") == []
+    with pytest.raises(FormatError, match=r"^x must be an object, got a list: \[1\]$"):
+        check_schema([1], {"version": int}, "x")

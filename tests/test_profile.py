@@ -72,17 +72,23 @@ def test_file_round_trip(tmp_path):
     ("edit", "message"),
     [
         (lambda d: d.pop("samples"), "profile misses ['samples']"),
-        (lambda d: d.update(capacity="2"), "profile.capacity must be int, got str"),
+        (lambda d: d.update(capacity="2"), "profile.capacity must be an integer, got a string: '2'"),
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
         (lambda d: d["samples"][0].update(pass_="sideways"), "unknown fields ['pass_']"),
         (lambda d: d["samples"][0].update({"pass": "sideways"}), "pass 'sideways' is not one of"),
         (lambda d: d["samples"][0].update(module="ghost"), "module 'ghost' is not one of"),
         (lambda d: d["samples"][0].update(seconds=None), "a feasible sample needs positive seconds"),
         (lambda d: d["samples"][0].update(quota=3), "quota 3 must be in 1..2"),
-        (lambda d: d["samples"][0].update(feasible=1), "feasible must be bool, got int"),
+        (
+            lambda d: d["samples"][0].update(feasible=1),
+            "samples[0].feasible must be true or false, got an integer: 1",
+        ),
         (lambda d: d.update(quota_unit="cores"), "quota_unit 'cores' is not one of"),
         (lambda d: d["samples"][0].update(host_seconds=-1.0), "host_seconds must be a finite number >= 0"),
-        (lambda d: d["samples"][0].update(host_seconds="1"), "host_seconds must be float or int or null"),
+        (
+            lambda d: d["samples"][0].update(host_seconds="1"),
+            "samples[0].host_seconds must be a number or null, got a string",
+        ),
     ],
 )
 def test_invalid_data_is_an_error_naming_the_field(edit, message):
