@@ -237,7 +237,8 @@ class _Evaluator:
                 for a in steps
             ]
             pools = pool_bytes(self.model, self.graphs, self.batch_size, k)
-            self._specs[(k, ahead)] = (spec, [slot[a.unit] for a in steps], held, pools)
+            passes = [(a.unit, a.pass_) for a in steps]  # plain tuples: the loop below runs per candidate
+            self._specs[(k, ahead)] = (spec, [slot[a.unit] for a in steps], held, pools, passes)
         return self._specs[(k, ahead)]
 
     def _time(self, k: int, module: str, pass_: str, quota: int) -> tuple[float, float]:
@@ -251,9 +252,9 @@ class _Evaluator:
         known = self._results.get(key)
         if known is not None and (known[2] or known[0] >= limit):
             return known[0]
-        spec, slots, held, pools = self._spec(k, ahead)
+        spec, slots, held, pools, passes = self._spec(k, ahead)
         per_task = [quotas[s] for s in slots]
-        times = [self._time(k, a.unit, a.pass_, q) for a, q in zip(spec.actions, per_task, strict=True)]
+        times = [self._time(k, m, p, q) for (m, p), q in zip(passes, per_task, strict=True)]
         placed = place(spec, [t[0] for t in times], [t[1] for t in times], per_task, self.capacity, limit)
         if placed is None:
             self._results[key] = (limit, None, False)
