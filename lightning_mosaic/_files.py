@@ -84,8 +84,13 @@ def check_schema(value: Any, schema: Any, where: str, optional: frozenset[str] =
     """Raise a :class:`FormatError` listing how ``value`` departs from ``schema`` (the first five)."""
     problems = schema_problems(value, schema, where, optional)
     if problems:
-        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise FormatError("; ".join(problems[:5]) + more)
+        raise FormatError(summary(problems))
+
+
+def summary(problems: list[str], most: int = 5) -> str:
+    """The first ``most`` problems, and how many more there are."""
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
 
 
 def _walk(value: Any, schema: Any, where: str, optional: frozenset[str], problems: list[str]) -> None:

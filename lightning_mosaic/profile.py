@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from lightning_mosaic._files import OTHERS, FormatError, read_json, schema_problems, write_text
+from lightning_mosaic._files import OTHERS, FormatError, read_json, schema_problems, summary, write_text
 from lightning_mosaic.devices import QUOTA_UNITS, unit_label
 from lightning_mosaic.graph import ModuleGraph
 
@@ -167,8 +167,7 @@ class Profile:
         """A profile from JSON data, checked against the schema (a ``ProfileError`` names the field)."""
         problems = validate(data)
         if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise ProfileError(f"not a valid profile: {shown}")
+            raise ProfileError(f"not a valid profile: {summary(problems)}")
         data = {"graph": None} | dict(data)
         if data["graph"] is not None:
             try:

@@ -588,8 +588,8 @@ def check_grid(
 ) -> tuple[tuple[float, ...], tuple[int, ...] | None]:
     """The profile's grid and budget checked (one place for every entry point); returns the batch
     fractions and the quotas as tuples."""
-    _whole("warmup", warmup, 0, "runs")
-    _whole("repeats", repeats, 1, "runs")
+    whole("warmup", warmup, 0, "runs")
+    whole("repeats", repeats, 1, "runs")
     fractions = tuple(batch_fractions)
     if not fractions or any(
         not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in fractions
@@ -604,7 +604,8 @@ def check_grid(
     return fractions, quotas
 
 
-def _whole(name: str, value: Any, least: int, what: str) -> None:
+def whole(name: str, value: Any, least: int, what: str) -> None:
+    """Raise unless ``value`` is a whole number of at least ``least`` (``what``: its unit)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise ValueError(f"{name}={value!r} must be a whole number of {what}, {least} or more")
 

@@ -620,6 +620,7 @@ class Session:
             return
         final = self.plan if self.planned else None
         attach(self.engine, self.units, final, self.config, self.device, self.graph, self.graph_capture)
+        self._serialize()
         if self.on_apply is not None:
             self.on_apply(final)
 

@@ -19,7 +19,7 @@ from lightning_mosaic.engine.graphs import check_graphs
 from lightning_mosaic.engine.green import check_quotas
 from lightning_mosaic.guard import STEPS
 from lightning_mosaic.plan import Plan
-from lightning_mosaic.profiler import DEFAULT_FRACTIONS, check_grid
+from lightning_mosaic.profiler import DEFAULT_FRACTIONS, check_grid, whole
 from lightning_mosaic.selection import check_names
 
 PLAN_SOURCES = ("auto", "temporal", "concurrent")
@@ -236,9 +236,3 @@ def micro_batch_cap(model: Any) -> tuple[int | None, str]:
         f"sets {CAP} = {cap} (its loss couples the samples of a batch, so splitting it would change the"
         " numbers)"
     )
-
-
-def whole(name: str, value: Any, least: int, what: str) -> None:
-    """Raise unless ``value`` is a whole number of at least ``least`` (``what``: its unit)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"{name}={value!r} must be a whole number of {what}, {least} or more")

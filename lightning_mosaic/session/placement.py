@@ -35,8 +35,7 @@ def attach(
     graph: ModuleGraph | None,
     graph_capture: Capture | None,
 ) -> None:
-    """Attach ``engine`` to ``units`` for ``plan`` (None: no final plan yet); units that run alone
-    (``graph.effects``, or all of them until a step was traced) are made serial."""
+    """Attach ``engine`` to ``units`` for ``plan`` (None: no final plan yet)."""
     if engine.attached:
         engine.detach()
     quotas: dict[str, int] = {}
@@ -58,7 +57,6 @@ def attach(
         graphs=graphed_now(plan, units, graph, graph_capture, device),
         capture=graph_capture,
     )
-    engine.serial = set(graph.effects) if graph is not None else set(units)
 
 
 def graphed_now(
