@@ -1,8 +1,9 @@
 """Train a LLaVA-style Hugging Face model under ``strategy="mosaic"``, naming its units by dotted path.
 
-A LightningModule that holds a whole ``LlavaForConditionalGeneration`` as ``self.model`` has one
-child; its units (vision tower, projector, language model) sit deeper, so they are named
-explicitly, exactly as ``state_dict`` keys spell them.
+A LightningModule that holds a whole ``LlavaForConditionalGeneration`` as ``self.model`` gets its
+units (vision tower, projector, language model, head) found automatically (``examples/hf_vlm.py``).
+Here they are chosen by hand instead, named exactly as ``state_dict`` keys spell them: three units,
+the head left to run with the code between them.
 
     pip install ".[zoo]"
     python examples/llava_dotted_modules.py --tiny         # CPU, seconds

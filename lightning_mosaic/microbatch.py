@@ -11,8 +11,11 @@ tuples, named tuples and dataclasses. A tensor is split when its first dimension
 and kept whole when it is a scalar. A list as long as the batch holds one item per sample (captions,
 per-sample lists of boxes or tokens, tensors of varying length, dicts), unless every item is a
 tensor whose first dimension is the batch size (a list of batched tensors, split one by one): it is
-split per sample, its items untouched. Strings, numbers and ``None`` are kept whole. Anything else
-is a :class:`BatchSplitError` naming the type, where it sits in the batch and the hook to implement.
+split per sample, its items untouched. Strings, numbers and ``None`` are kept whole. A tensor packed
+along its first dimension, its rows counted by a lengths tensor of the batch (Qwen-VL's
+``pixel_values``, one row per patch, beside ``image_grid_thw``; see ``packing.py``), is cut by those
+counts. Anything else is a :class:`BatchSplitError` naming the type, where it sits in the batch and
+the hook to implement.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from lightning_mosaic._tree import iter_tensors, keystr, map_leaves
+from lightning_mosaic.packing import Packing, find_packing
 
 HOOK = "mosaic_split_batch"
 _PLAIN = (str, bytes, int, float, bool, type(None))
@@ -55,9 +59,14 @@ def split_batch(batch: Any, k: int) -> list[Any]:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k={k!r} must be a whole number of micro-batches, 1 or more")
     total = batch_size(batch)
+    tensors = [t for t in iter_tensors(batch) if t.dim() > 0 and t.shape[0] != total]
+    packed = {}
+    if tensors:  # packed along the first dimension, counted by a lengths tensor of the batch
+        found = find_packing(list(iter_tensors(batch)), total, dims=[0])
+        packed = {id(t): p for t, p in zip(iter_tensors(batch), found, strict=True) if p is not None}
     out, start = [], 0
     for n in sizes(total, k):
-        out.append(_take(batch, start, start + n, total))
+        out.append(_take(batch, start, start + n, total, packed))
         start += n
     return out
 
@@ -116,8 +125,9 @@ def combine(values: list[Any], counts: Sequence[int]) -> Any:
 # ---------------------------------------------------------------------- internals
 
 
-def _take(batch: Any, start: int, stop: int, total: int) -> Any:
-    """Rows ``start:stop`` of every per-sample part of ``batch``."""
+def _take(batch: Any, start: int, stop: int, total: int, packed: dict[int, Packing]) -> Any:
+    """Rows ``start:stop`` of every per-sample part of ``batch`` (``packed``: tensors by id, cut by
+    their counts)."""
 
     def per_sample_values(obj: Any) -> bool:  # one item per sample (captions, box lists, ragged tensors)
         if not isinstance(obj, list) or len(obj) != total:
@@ -130,6 +140,8 @@ def _take(batch: Any, start: int, stop: int, total: int) -> Any:
         if isinstance(leaf, torch.Tensor):
             if leaf.dim() == 0:
                 return leaf
+            if id(leaf) in packed:
+                return packed[id(leaf)].take(leaf, start, stop)
             if leaf.shape[0] != total:
                 raise BatchSplitError(
                     f"{where} has shape {tuple(leaf.shape)}, whose first dimension is not the batch size"

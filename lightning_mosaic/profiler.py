@@ -6,7 +6,9 @@ then replays each unit by itself: a forward, and a backward with respect to its 
 parameters and grad-requiring inputs (random ``grad_outputs`` of the outputs' shapes, through
 ``torch.autograd.grad`` so no ``.grad`` is touched), at each grid point:
 
-- batch: the captured inputs sliced along their first dimension to 1/4, 1/2 and all of the batch;
+- batch: the captured inputs sliced along their batch dimension to 1/4, 1/2 and all of the batch
+  (a packed input, such as Qwen-VL's patches, cut by the lengths tensor beside it; a unit with its own
+  ``mosaic_split_batch((args, kwargs), k)`` replayed on the first of its ``k`` parts);
 - quota: on a GPU, SM counts from the smallest green context the hardware allows up to all SMs
   (about six steps), each run on a stream inside a green context of that size (full GPU only,
   with a warning, where green contexts are unavailable); on a CPU, intra-op thread counts 1..n in
@@ -51,6 +53,8 @@ from lightning_mosaic.devices import DeviceSpec, device_name, unit_label
 from lightning_mosaic.engine.graphable import first
 from lightning_mosaic.engine.graphs import Capture, GraphedCall, Ineligible
 from lightning_mosaic.inputs import Captured, device_of
+from lightning_mosaic.microbatch import HOOK, check_split
+from lightning_mosaic.packing import find_packing
 from lightning_mosaic.profile import (
     MemorySample,
     ModuleInfo,
@@ -171,7 +175,12 @@ class _Replay:
     def __init__(self, name: str, module: nn.Module, call: Captured, batch_size: int) -> None:
         self.name, self.module, self.call = name, module, call
         self.batch_size = batch_size
-        self.rows, self.dims = _batch_dims(call, batch_size)
+        self.split = getattr(module, HOOK, None)  # the unit's own splitter of its inputs
+        self.rows, self.dims = (batch_size, []) if callable(self.split) else _batch_dims(call, batch_size)
+        tensors = list(iter_tensors((call.args, call.kwargs)))
+        self.packing = (
+            find_packing(tensors, self.rows) if self.rows is not None and not callable(self.split) else []
+        )
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.backward = call.grad_enabled and (
             bool(self.params) or any(t.requires_grad for t in iter_tensors((call.args, call.kwargs)))
@@ -192,20 +201,47 @@ class _Replay:
     def inputs(self, batch: int) -> tuple[tuple, dict, list[torch.Tensor]]:
         """Arguments for ``batch`` samples and the input tensors to differentiate."""
         if batch not in self._inputs:
-            n = self.rows if self.rows is None else max(1, round(batch / self.batch_size * self.rows))
-            dims = iter(self.dims)
-
-            def cut(t: torch.Tensor) -> torch.Tensor:
-                dim = next(dims)
-                if n is None or dim is None:
-                    return t
-                out = t.narrow(dim, 0, n).detach()
-                return out.requires_grad_(True) if t.requires_grad else out
-
-            args, kwargs = map_tensors(cut, (self.call.args, self.call.kwargs))
+            if callable(self.split):
+                args, kwargs = self._split(batch)
+            else:
+                args, kwargs = self._cut(batch)
             leaves = [t for t in iter_tensors((args, kwargs)) if t.requires_grad]
             self._inputs[batch] = (args, kwargs, leaves)
         return self._inputs[batch]
+
+    def _cut(self, batch: int) -> tuple[tuple, dict]:
+        """The captured inputs cut to ``batch`` samples: along their batch dimension, packed tensors
+        by their lengths (``packing.py``)."""
+        n = self.rows if self.rows is None else max(1, round(batch / self.batch_size * self.rows))
+        dims, packing = iter(self.dims), iter(self.packing or [None] * len(self.dims))
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            dim, packed = next(dims), next(packing)
+            if n is None or (dim is None and packed is None):
+                return t
+            out = (t.narrow(dim, 0, n) if dim is not None else packed.take(t, 0, n)).detach()
+            return out.requires_grad_(True) if t.requires_grad else out
+
+        return map_tensors(cut, (self.call.args, self.call.kwargs))
+
+    def _split(self, batch: int) -> tuple[tuple, dict]:
+        """The first of ``k`` parts of the captured inputs, by the unit's ``mosaic_split_batch``."""
+        k = max(1, round(self.batch_size / batch))
+        if k == 1:
+            return self.call.args, self.call.kwargs
+        try:
+            first = check_split(self.split((self.call.args, self.call.kwargs), k), k)[0]
+            args, kwargs = first
+        except (TypeError, ValueError) as err:
+            raise ReplayError(
+                f"{type(self.module).__name__}.{HOOK}((args, kwargs), {k}) failed: {err}"
+            ) from err
+
+        def leaf(t: torch.Tensor) -> torch.Tensor:
+            out = t.detach()
+            return out.requires_grad_(True) if t.requires_grad else out
+
+        return map_tensors(leaf, (tuple(args), dict(kwargs)))
 
     @contextmanager
     def context(self) -> Iterator[None]:

@@ -7,8 +7,11 @@ on its inputs are its producers. The step runs unchanged: same operations, same 
 
 Data flow that bypasses the returned tensors is detected too, per call: an input tensor whose
 version counter moved (changed in place), a tensor attribute of the unit or of one of its
-submodules that was set or changed in place (state another unit or the caller may read), or a call
-that returns no tensor. Such a unit is listed in ``ModuleGraph.effects`` and runs alone.
+submodules that was set or changed in place and that another unit or the code between units reads
+later in the step, or a call that returns no tensor. Such a unit is listed in ``ModuleGraph.effects``
+and runs alone. An attribute nothing else reads during the step (a cache such as Qwen-VL's
+``rope_deltas``, read only when generating) is harmless: :attr:`Tracer.harmless` lists it, and the
+unit runs side by side.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.routing import RouteProbe
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -55,6 +59,7 @@ class _Taint(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.tags: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.on_inputs: Callable[[Any], None] | None = None  # sees every operation's inputs when set
 
     def tags_of(self, obj: Any) -> frozenset[str]:
         found: frozenset[str] = frozenset()
@@ -66,6 +71,8 @@ class _Taint(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.on_inputs is not None:
+            self.on_inputs((args, kwargs))
         out = func(*args, **kwargs)
         found = self.tags_of(args) | self.tags_of(kwargs) if self.tags else frozenset()
         if found:
@@ -78,8 +85,11 @@ class Tracer:
     """The tracing of :func:`trace` as a context manager: enter before a step, exit after it, then
     :meth:`graph`. For callers that cannot wrap the step in one call (a callback's start and end hooks)."""
 
-    def __init__(self, modules: Mapping[str, nn.Module], record_calls: bool = False) -> None:
+    def __init__(
+        self, modules: Mapping[str, nn.Module], record_calls: bool = False, probe: RouteProbe | None = None
+    ) -> None:
         self.modules = dict(modules)
+        self.probe = probe  # which units route between towers (entered with the tracer)
         self.taint = _Taint()
         self.inputs: dict[str, list[str]] = {name: [] for name in self.modules}
         self.first_call: dict[str, int] = {}
@@ -88,6 +98,12 @@ class Tracer:
         self.record_calls = record_calls
         self.ran: set[int] = set()  # ids of every module whose forward ran (with ``record_calls``)
         self.effects: dict[str, str] = {}
+        self.harmless: dict[str, list[str]] = {}  # unit -> attributes it keeps that nothing else read
+        self._kept: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (unit, attribute)
+        self._kept_by: dict[str, list[str]] = {}  # unit -> attributes it keeps
+        self._readers: dict[tuple[str, str], str] = {}  # (unit, attribute) -> who read it first
+        self._active: list[str] = []  # the units whose forward is running
+        self._silent: set[str] = set()  # units that kept attributes and returned no tensor
         self._before: dict[
             str, list[tuple[list[tuple[torch.Tensor, int]], dict[Any, list[tuple[int, int]]]]]
         ] = {}
@@ -107,16 +123,33 @@ class Tracer:
                 module.register_forward_hook(self._post_hook(name), with_kwargs=True, prepend=True)
             )
         self.taint.__enter__()
+        if self.probe is not None:
+            self.probe.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.probe is not None:
+            self.probe.__exit__(*exc)
         self.taint.__exit__(*exc)
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
 
+    def _read(self, inputs: Any, reader: str | None = None) -> None:
+        """``inputs`` are used (by ``reader``, else by whatever runs now): note the kept attributes
+        read by anyone but the unit that keeps them."""
+        if not self._kept:
+            return
+        reader = reader or (self._active[-1] if self._active else None)
+        for tensor in iter_tensors(inputs):
+            owner = self._kept.get(tensor)
+            if owner is not None and owner[0] != reader and owner not in self._readers:
+                self._readers[owner] = f"unit {reader}" if reader else "the code between units"
+
     def _pre_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._read((args, kwargs), name)
+            self._active.append(name)
             self.calls[name] += 1
             self.first_call.setdefault(name, len(self.first_call))
             producers = self.taint.tags_of(args) | self.taint.tags_of(kwargs)
@@ -135,6 +168,8 @@ class Tracer:
             for tensor in iter_tensors(output):
                 self.taint.tags[tensor] = tag
                 returned = True
+            if self._active and self._active[-1] == name:
+                self._active.pop()
             stack = self._before.get(name)
             if not stack:
                 return
@@ -143,18 +178,47 @@ class Tracer:
                 return
             changed = [t for t, v in versions if t._version != v]
             after = _state(module)
-            kept = sorted({key[1] for key in set(state) | set(after) if state.get(key) != after.get(key)})
+            keys = {key for key in set(state) | set(after) if state.get(key) != after.get(key)}
             if changed:
                 shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
                 self.effects[name] = f"changes its input of shape {shapes} in place"
-            elif kept:
-                self.effects[name] = f"keeps tensors in its attribute {', '.join(kept[:3])}"
+            elif keys:
+                self._keep(name, module, keys, returned)
             elif not returned:
                 self.effects[name] = "returns no tensor"
 
         return LiveHook(hook)
 
+    def _keep(self, name: str, module: nn.Module, keys: set[tuple[int, str]], returned: bool) -> None:
+        """``name`` set or changed the attributes ``keys``: watch who reads their tensors."""
+        if not returned:
+            self._silent.add(name)
+        subs = {id(sub): sub for sub in module.modules()}
+        for sub_id, attr in keys:
+            if attr not in self._kept_by.setdefault(name, []):
+                self._kept_by[name].append(attr)
+            sub = subs.get(sub_id)
+            value = vars(sub).get(attr) if sub is not None else None
+            for tensor in iter_tensors(value) if _may_hold(value) else ():
+                self._kept[tensor] = (name, attr)
+        self.taint.on_inputs = self._read
+
+    def _kept_effects(self) -> None:
+        """Kept attributes another unit or the code between units read are effects; the rest harmless."""
+        for name, attrs in self._kept_by.items():
+            if name in self.effects:
+                continue
+            read = [(a, self._readers[(name, a)]) for a in sorted(attrs) if (name, a) in self._readers]
+            if read:
+                shown = ", ".join(f"{a} (read by {who})" for a, who in read[:3])
+                self.effects[name] = f"keeps tensors in its attribute {shown}"
+            elif name in self._silent:
+                self.effects[name] = "returns no tensor"
+            else:
+                self.harmless[name] = sorted(attrs)
+
     def graph(self) -> ModuleGraph:
+        self._kept_effects()
         order = list(self.first_call) + [n for n in self.modules if n not in self.first_call]
         inputs: dict[str, list[str]] = {}
         for name in order:

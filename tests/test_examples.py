@@ -60,3 +60,14 @@ def test_accelerate_vlm_tiny(tmp_path):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     assert mosaic.planned and mosaic.profile is not None and mosaic.plan.micro_batches == 1
+
+
+def test_hf_vlm_finds_the_qwen_vl_units_with_nothing_but_strategy_mosaic(tmp_path):
+    trainer = _main("hf_vlm.py")(["--root", str(tmp_path), "--steps", "3", "--batch-size", "2"])
+    assert list(trainer.strategy.units) == [
+        "model.model.visual",
+        "model.model.language_model",
+        "model.lm_head",
+    ]
+    assert trainer.strategy.graph.inputs["model.model.language_model"] == ["model.model.visual"]
+    assert trainer.global_step == 3

@@ -139,3 +139,21 @@ def test_per_sample_lists_of_lists_and_ragged_tensors_are_split_per_sample():
     assert [t.shape for t in first["batched"]] == [(2, 1), (2, 2)]
     with pytest.raises(BatchSplitError, match=r"batch\['boxes'\]\[0\] has shape \(2, 4\)"):
         split_batch({"x": torch.zeros(4, 2), "boxes": [torch.zeros(2, 4), torch.zeros(1, 4)]}, 2)
+
+
+def test_packed_patches_are_split_by_their_grid_rows():
+    """Qwen-VL's batch: pixel_values packs every image's patches, image_grid_thw counts them per image."""
+    grid = torch.tensor([[1, 2, 2], [1, 2, 3], [1, 1, 2]])  # 4, 6 and 2 patches
+    batch = {
+        "input_ids": torch.arange(9).view(3, 3),
+        "pixel_values": torch.arange(12.0),
+        "image_grid_thw": grid,
+    }
+    first, second = split_batch(batch, 2)
+    assert torch.equal(first["pixel_values"], torch.arange(10.0)) and first["image_grid_thw"].shape == (2, 3)
+    assert torch.equal(second["pixel_values"], torch.arange(10.0, 12.0)) and second["input_ids"].shape == (
+        1,
+        3,
+    )
+    with pytest.raises(BatchSplitError, match=r"batch\['pixel_values'\] has shape \(13,\)"):
+        split_batch({**batch, "pixel_values": torch.arange(13.0)}, 2)  # counts that do not add up

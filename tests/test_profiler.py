@@ -420,3 +420,43 @@ def test_a_unit_that_cannot_be_captured_is_profiled_eagerly_and_noted():
     assert any(
         n.startswith("reads: not captured as a CUDA graph (it reads a tensor's value") for n in profile.notes
     )
+
+
+class _PackedTower(nn.Module):
+    """Qwen-VL's shape: ``(patches, features)`` packed rows and one ``(t, h, w)`` grid row per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.seen: list[tuple[tuple[int, ...], int]] = []
+
+    def forward(self, hidden: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        self.seen.append((tuple(hidden.shape), int(grid_thw.shape[0])))
+        assert hidden.shape[0] == int(grid_thw.prod(-1).sum()), "patches and grid disagree"
+        return self.fc(hidden)
+
+
+def test_packed_inputs_are_cut_by_their_lengths_for_replays_below_the_full_batch():
+    tower = _PackedTower()
+    grid = torch.tensor([[1, 2, 2], [1, 2, 3], [1, 1, 2], [1, 2, 2]])  # 4, 6, 2 and 4 patches
+    with InputCapture({"visual": tower}) as capture:
+        tower(torch.randn(16, 6), grid)
+    profile = profile_units({"visual": tower}, capture.captured, 4, quotas=[1], repeats=1, progress=False)
+    assert {s.batch for s in profile.samples} == {1, 2, 4} and not profile.notes
+    assert set(tower.seen[1:]) == {((4, 6), 1), ((10, 6), 2), ((16, 6), 4)}
+
+
+def test_a_unit_with_its_own_mosaic_split_batch_is_replayed_on_the_first_part():
+    class Split(_PackedTower):
+        def mosaic_split_batch(self, batch, k):
+            (hidden, grid), kwargs = batch
+            rows = int(grid[: len(grid) // k].prod(-1).sum())
+            return [((hidden[:rows], grid[: len(grid) // k]), kwargs)] * k
+
+    tower = Split()
+    grid = torch.tensor([[1, 2, 2]] * 4)
+    with InputCapture({"visual": tower}) as capture:
+        tower(torch.randn(16, 6), grid)
+    profile = profile_units({"visual": tower}, capture.captured, 4, quotas=[1], repeats=1, progress=False)
+    assert {s.batch for s in profile.samples} == {1, 2, 4}
+    assert set(tower.seen[1:]) == {((4, 6), 1), ((8, 6), 2), ((16, 6), 4)}

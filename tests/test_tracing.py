@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from helpers import Encoder, demo_model, hf_loader, hf_model
 from torch import nn
@@ -131,7 +132,7 @@ def test_data_flow_that_bypasses_the_outputs_is_found():
     graph, _ = trace(select_modules(model), lambda: model(torch.randn(4, 8)))
     assert graph.effects == {
         "scale": "changes its input of shape (4, 8) in place",
-        "cache": "keeps tensors in its attribute features",
+        "cache": "keeps tensors in its attribute features (read by the code between units)",
     }
     assert "runs alone: keeps tensors in its attribute features" in graph.describe()
     units = {"sink": _NoTensor(), "enc": Encoder()}
@@ -147,3 +148,51 @@ class _NoTensor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> int:
         return int(self.fc(x).argmax())
+
+
+class _Deltas(nn.Module):
+    """Keeps a cache of its output in an attribute, as Qwen-VL keeps ``rope_deltas``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.deltas: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        self.deltas = y.sum(0).detach()
+        return y
+
+
+class _ReadsDeltas(nn.Module):
+    def __init__(self, read: str | None) -> None:
+        super().__init__()
+        self.a, self.b, self.read = _Deltas(), nn.Linear(8, 1), read
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.read == "glue":
+            y = y + self.a.deltas
+        elif self.read == "unit":
+            return self.b(self.a.deltas).sum() + y.sum()
+        return self.b(y).sum()
+
+
+@pytest.mark.parametrize(
+    ("read", "effect"),
+    [
+        (None, None),
+        ("glue", "keeps tensors in its attribute deltas (read by the code between units)"),
+        ("unit", "keeps tensors in its attribute deltas (read by unit b)"),
+    ],
+)
+def test_a_kept_attribute_is_an_effect_only_when_something_else_reads_it(read, effect):
+    from lightning_mosaic.tracing import Tracer
+
+    model = _ReadsDeltas(read)
+    tracer = Tracer(select_modules(model))
+    with tracer:
+        model(torch.randn(3, 8))
+    graph = tracer.graph()
+    assert graph.effects.get("a") == effect
+    assert tracer.harmless == ({} if effect else {"a": ["deltas"]})

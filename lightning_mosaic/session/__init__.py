@@ -247,7 +247,7 @@ class Session:
             return
         wanted = self.graph is None or bool(self.model_units.unseen)
         trace = wanted and self._tracer is None and (train or not self.fitting)
-        tracer = Tracer(self.units, record_calls=self.model_units.may_refine) if trace else None
+        tracer = self._new_tracer() if trace else None
         engine = self.engine
         before = dict(engine.calls) if engine is not None and train else None
         traced = None
@@ -264,7 +264,7 @@ class Session:
         if traced is not None:
             self._traced(*traced)
         if tracer is not None:
-            self._traced(tracer.graph(), tracer.ran)
+            self._traced(tracer.graph(), tracer)
         if before is not None and engine is not None:
             self._called({u for u, n in engine.calls.items() if n > before.get(u, 0)})
 
@@ -290,7 +290,7 @@ class Session:
             # Under a plan with micro-batches the units see the first (largest) micro-batch.
             self.profiling.record(self.model_units, -(-self.batch_size_of(batch) // self.micro_batches_now))
             if self.graph is None and self._tracer is None:
-                self._tracer = Tracer(self.units, record_calls=self.model_units.may_refine).__enter__()
+                self._tracer = self._new_tracer().__enter__()
         recording = self.profiling.open()
         if timed:
             first, self._first_step = self._first_step, False
@@ -381,14 +381,20 @@ class Session:
         self.plan_guard = PlanGuard(self._clock, config.guard_steps)
         self.outputs = Outputs(config.out_dir, self.is_main)
 
-    def _end_recording(self) -> tuple[ModuleGraph, set[int]] | None:
+    def _new_tracer(self) -> Tracer:
+        """A tracer of the units; while the automatic selection may still be refined, it records which
+        forwards ran and probes the units that may route between towers."""
+        refine = self.model_units.may_refine
+        return Tracer(self.units, record_calls=refine, probe=self.model_units.probe() if refine else None)
+
+    def _end_recording(self) -> tuple[ModuleGraph, Tracer] | None:
         """A training step is over: stop recording its inputs, and return the graph traced with the
         recording, if it was, for :meth:`_traced` (called by the caller, outside the step)."""
         traced = None
         if self._tracer is not None:
             self._tracer.__exit__(None, None, None)
             tracer, self._tracer = self._tracer, None
-            traced = (tracer.graph(), tracer.ran)
+            traced = (tracer.graph(), tracer)
         graph = self.graph
         self.profiling.close(set(graph.called if graph is not None else ()) | self.model_units.unseen)
         return traced
@@ -474,18 +480,19 @@ class Session:
         if self.graph is not None:
             self._write_outputs(self.graph)
 
-    def _refine(self, ran: set[int]) -> bool:
-        """Replace units whose forward never ran by their parts that did (the main process decides);
-        True when the units changed, so that the next training step is traced again."""
-        names = self.broadcast(self.model_units.parts_that_ran(ran) if self.is_main else None)
-        replaced = self.model_units.refine(names)
+    def _refine(self, tracer: Tracer) -> bool:
+        """Replace routers between towers by their parts, and units whose forward never ran by their
+        parts that did (the main process decides); True when the units changed, so that the next
+        training step is traced again."""
+        found = self.model_units.refinement(tracer.ran, tracer.probe) if self.is_main else None
+        names = self.broadcast(found[0] if found is not None else None)
+        replaced = self.model_units.refine(names, found[1] if found is not None else None)
+        if self.is_main:
+            chosen = "\n".join(f"  {name}: {self.model_units.reasons.get(name, 'a unit')}" for name in names)
+            again = ", traced again at the next step" if replaced else ""
+            log.info(f"units chosen from the first training step{again}:\n{chosen}")
         if not replaced:
             return False
-        if self.is_main:
-            log.info(
-                f"units {replaced} never ran their own forward in the first training step (the model calls"
-                f" their parts directly); the units are now {list(self.units)}, traced again at the next step"
-            )
         self.profiling.abort()  # recorded for the old units
         self._attach()
         return True
@@ -511,11 +518,22 @@ class Session:
                 " them as it places them (alone, when it was made without them)",
             )
 
-    def _traced(self, graph: ModuleGraph, ran: set[int] | None = None) -> None:
+    def _traced(self, graph: ModuleGraph, tracer: Tracer | None = None) -> None:
         """A step's graph is known: refine the units, join a graph seen before, or (the first step)
         fix the plan of the sources that need no profile."""
-        if ran is not None and self.model_units.may_refine and self._refine(ran):
+        if (
+            tracer is not None
+            and tracer.record_calls
+            and self.model_units.may_refine
+            and self._refine(tracer)
+        ):
             return
+        for name, attrs in self.model_units.kept(tracer.harmless if tracer is not None else {}).items():
+            if self.is_main:
+                log.info(
+                    f"unit {name} keeps tensors in its attribute {', '.join(attrs)}, which nothing else reads"
+                    " during the step: harmless, so it still runs side by side"
+                )
         for name, effect in graph.effects.items():
             warn_once(
                 log,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from lightning_mosaic.graph import ModuleGraph
+from lightning_mosaic.routing import RouteProbe, open_routers, stack_note
 from lightning_mosaic.selection import called_units, select_modules
 
 MAX_RETRACES = 8  # training steps traced at most after the first, for units not seen before
@@ -32,6 +33,8 @@ class Units:
         self.selection = select_modules(root, list(names) if names is not None else None)
         self.modules: dict[str, nn.Module] = dict(self.selection)
         self.automatic = names is None
+        self.reasons = {name: _why_selected(name, names is None) for name in self.selection}
+        self.harmless: dict[str, list[str]] = {}  # unit -> attributes it keeps that nothing else reads
         self.refinable = refinable and self.automatic  # nothing given by hand names the units
         self.refined = False  # the automatic selection was checked against the forwards that ran
         self.graph: ModuleGraph | None = None
@@ -90,20 +93,52 @@ class Units:
             self.modules, self.refined = units, True
         return True
 
-    def parts_that_ran(self, ran: set[int]) -> list[str]:
-        """The units with each one whose forward never ran replaced by its parts that did."""
-        return list(called_units(self.modules, ran))
+    def probe(self) -> RouteProbe | None:
+        """A probe of the units that may route between towers, for the next traced step; None when
+        the selection is not refined any more or no unit may route."""
+        if not self.may_refine:
+            return None
+        probe = RouteProbe(self.root, self.modules)
+        return probe if probe else None
 
-    def refine(self, names: Sequence[str]) -> list[str]:
-        """Take ``names`` (from :meth:`parts_that_ran`, as the main process found them) as the units;
+    def refinement(self, ran: set[int], probe: RouteProbe | None = None) -> tuple[list[str], dict[str, str]]:
+        """The units refined by a traced step (``ran``: ids of the modules whose forward ran): each
+        router between towers (``probe``) replaced by its parts, each unit whose forward never ran by
+        its parts that did; with why each one is a unit."""
+        units, reasons = dict(self.modules), dict(self.reasons)
+        if probe is not None:
+            opened = open_routers(units, probe, reasons)
+            units, reasons = opened.units, opened.reasons
+        found = called_units(units, ran)
+        for name in found:
+            if name not in units:
+                owner = next(u for u in units if name.startswith(f"{u}."))
+                reasons[name] = f"a part of {owner!r} that ran ({owner!r} never ran its own forward)"
+        return list(found), {name: reasons[name] + stack_note(name, m) for name, m in found.items()}
+
+    def refine(self, names: Sequence[str], reasons: dict[str, str] | None = None) -> list[str]:
+        """Take ``names`` (from :meth:`refinement`, as the main process found them) as the units;
         the units replaced (then the graph is traced again), none when nothing changed."""
         self.refined = True
+        if reasons:
+            self.reasons.update(reasons)
         if list(names) == list(self.modules):
             return []
         before = list(self.modules)
         self.take_names(names)
         self.graph = None
         return [n for n in before if n not in self.modules]
+
+    def kept(self, harmless: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Take a traced step's harmless kept attributes; those not known before."""
+        new = {
+            u: a
+            for u, attrs in harmless.items()
+            if (a := [x for x in attrs if x not in self.harmless.get(u, [])])
+        }
+        for unit, attrs in new.items():
+            self.harmless.setdefault(unit, []).extend(attrs)
+        return new
 
     def called(self, ran: set[str]) -> set[str]:
         """Of the units a step called, those the graph has not seen run."""
@@ -130,6 +165,17 @@ class Units:
         missing = wanted - set(self.graph.called)
         if missing and self.retraces < MAX_RETRACES:
             self.unseen = missing
+
+
+def _why_selected(name: str, automatic: bool) -> str:
+    if not automatic:
+        return "named in `modules`"
+    parent = name.rpartition(".")[0]
+    return (
+        f"a part of {parent!r} that owns parameters"
+        if parent
+        else "a child of the model that owns parameters"
+    )
 
 
 def split_changes_numbers(root: nn.Module) -> list[str]:
