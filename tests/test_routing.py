@@ -236,3 +236,44 @@ def test_a_resumed_run_takes_the_refined_units_and_plan_from_the_checkpoint(tmp_
     resumed, model = fit(tmp_path / "again", 6, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
     assert list(resumed.units) == UNITS["llava"] and resumed.plan == first.plan
     assert_bitwise_equal(parameters(straight), parameters(model))
+
+
+def test_two_cpu_processes_find_the_same_units_and_train_like_ddp(tmp_path):
+    from helpers import RecordRank
+    from lightning.pytorch.strategies import DDPStrategy
+
+    for name in ("ddp", "mosaic"):
+        (tmp_path / name).mkdir()
+    ddp_model, mosaic_model = HFModule("llava"), HFModule("llava")
+    # fork: a spawned copy of a transformers 5 model returns no hidden states (plain DDP fails alike);
+    # the vision tower's last layer is unused (LLaVA reads the second to last)
+    ddp = dict(start_method="fork", find_unused_parameters=True)
+    trainer(DDPStrategy(**ddp), devices=2, max_steps=3, callbacks=[RecordRank(tmp_path / "ddp")]).fit(
+        ddp_model, loader("llava")
+    )
+    strategy = MosaicStrategy(**ddp)
+    trainer(strategy, devices=2, max_steps=3, callbacks=[RecordRank(tmp_path / "mosaic")]).fit(
+        mosaic_model, loader("llava")
+    )
+    ranks = [torch.load(tmp_path / "mosaic" / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [list(r["graph"]["inputs"]) for r in ranks] == [UNITS["llava"]] * 2  # rank 0 chose, both took it
+    plain = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for rank in range(2):
+        assert_bitwise_equal(plain[rank]["params"], ranks[rank]["params"])
+
+
+def test_graphed_hugging_face_units_train_bitwise_like_plain_lightning(monkeypatch, tmp_path):
+    from lightning_mosaic import session as session_module
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+
+    capture = EmulatedCapture()
+    monkeypatch.setattr(session_module, "capture_for", lambda device: capture)
+    plain = HFModule("llava")
+    trainer("auto", max_steps=4).fit(plain, loader("llava"))
+    graphed = HFModule("llava")
+    strategy = MosaicStrategy(graphs=True)
+    trainer(strategy, max_steps=4, default_root_dir=tmp_path).fit(graphed, loader("llava"))
+    assert list(strategy.units) == UNITS["llava"]
+    assert strategy.plan.graphs, "some unit is eligible for a graph"
+    assert sum(g.replays for g in capture.graphs) > 0
+    assert_bitwise_equal(parameters(plain), parameters(graphed))
