@@ -9,6 +9,7 @@ an :class:`Inert` hook that does nothing.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +27,18 @@ class Inert:
 
 
 class LiveHook:
-    """Calls ``fn``; copies (``copy.deepcopy``, pickle) are :class:`Inert`."""
+    """Calls ``fn``; copies (``copy.deepcopy``, pickle) are :class:`Inert`.
+
+    Where TorchDynamo is loaded (the user compiled something), ``fn`` runs outside it: a compiled
+    caller (a compiled ``training_step``) breaks its graph around the hook instead of tracing the
+    engine's stream switches and pending outputs into it, and the unit's forward is compiled on its
+    own.
+    """
 
     __slots__ = ("fn",)
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
+        self.fn = _outside_dynamo(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -44,3 +51,11 @@ class LiveHook:
 
     def __repr__(self) -> str:
         return f"LiveHook({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _outside_dynamo(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if "torch._dynamo" not in sys.modules:
+        return fn  # nothing is compiled in this process
+    import torch._dynamo
+
+    return torch._dynamo.disable(fn, recursive=True)

@@ -25,6 +25,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from lightning_mosaic._compile import eager_while_watched
 from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors
@@ -90,6 +91,7 @@ class Tracer:
     ) -> None:
         self.modules = dict(modules)
         self.probe = probe  # which units route between towers (entered with the tracer)
+        self._eager: Any = None
         self.taint = _Taint()
         self.inputs: dict[str, list[str]] = {name: [] for name in self.modules}
         self.first_call: dict[str, int] = {}
@@ -122,6 +124,8 @@ class Tracer:
             self.handles.append(
                 module.register_forward_hook(self._post_hook(name), with_kwargs=True, prepend=True)
             )
+        self._eager = eager_while_watched()  # compiled code stays compiled after this step
+        self._eager.__enter__()
         self.taint.__enter__()
         if self.probe is not None:
             self.probe.__enter__()
@@ -131,6 +135,9 @@ class Tracer:
         if self.probe is not None:
             self.probe.__exit__(*exc)
         self.taint.__exit__(*exc)
+        if self._eager is not None:
+            self._eager.__exit__(None, None, None)
+            self._eager = None
         for handle in self.handles:
             handle.remove()
         self.handles.clear()

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from lightning_mosaic._compile import eager_while_watched, how_compiled, replays_cuda_graphs
 from lightning_mosaic._logging import get_logger, warn_once
 from lightning_mosaic._tree import iter_tensors, map_tensors
 from lightning_mosaic.engine.graphable import (
@@ -263,7 +264,10 @@ class GraphedCall:
         try:
             with capture.warmup():
                 for i in range(WARMUP):
-                    with scan if i == 0 else nullcontext():
+                    with (
+                        eager_while_watched() if i == 0 else nullcontext(),
+                        scan if i == 0 else nullcontext(),
+                    ):
                         outs = self._run()
                         self._grads(outs, [torch.zeros_like(o) for o in outs if _needs(o)])
                     if scan.reasons:
@@ -465,6 +469,15 @@ class GraphRunner:
         if active is not None:
             self.active = active
         for name, module in units.items():
+            how = how_compiled(module)
+            if how is not None:
+                why = (
+                    "replays CUDA graphs of its own (compiled with mode='reduce-overhead')"
+                    if replays_cuda_graphs(module)
+                    else "runs its compiled code (compile it with mode='reduce-overhead' for CUDA graphs)"
+                )
+                self._drop(name, f"is compiled ({how}) and {why}")
+                continue
             if sharded(module):
                 self._drop(name, "holds sharded parameters (FSDP2), gathered anew at every call")
                 continue

@@ -254,6 +254,12 @@ class _LaunchLog(TorchDispatchMode):
         super().__init__()
         self.backend = backend
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Compiled code compiles under the log (a dispatch mode otherwise makes TorchDynamo skip its
+        frames for good); the operations a compiled graph runs eagerly are logged as launches."""
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from lightning_mosaic._compile import compiled_note, compiled_parts
 from lightning_mosaic._logging import get_logger, warn_once
 from lightning_mosaic.clock import Clock, Marks
 from lightning_mosaic.devices import DeviceSpec, device_name
@@ -204,6 +205,9 @@ class Session:
                 " by side; mosaic trains it exactly as it would be trained without",
             )
             return
+        compiled = compiled_parts(self.model_units.root)
+        if compiled and fitting and self.is_main:
+            log.info(compiled_note(compiled))
         restored, self._restored = self._restored or {}, None
         from_checkpoint = False
         given = config.given_plan
