@@ -6,7 +6,7 @@ the vision tower (``model.model.visual``), the language model and the head (the 
 is a unit). The images are packed as Qwen-VL packs them, one row per patch beside ``image_grid_thw``;
 micro-batches and the profiler's replays cut them by those grid rows.
 
-    pip install ".[zoo]"
+    pip install ".[zoo]" "transformers>=5"   # the configs below are transformers 5's
     python examples/hf_vlm.py                 # CPU: tiny towers, a few steps, the units and their graph
     python examples/hf_vlm.py --size small    # one GPU: larger towers, 100 steps, profiled and planned
 
