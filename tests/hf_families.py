@@ -360,16 +360,18 @@ UNITS = {
 class HFModule(L.LightningModule):
     """A LightningModule as a new user writes one: the model as ``self.model``, the loss it returns."""
 
-    def __init__(self, family: str, seed: int = 0, lr: float = 1e-3) -> None:
+    def __init__(self, family: str, seed: int = 0, lr: float = 1e-3, optimizer: str = "adamw") -> None:
         super().__init__()
         L.seed_everything(seed, verbose=False)
         self.model = FAMILIES[family][0]()
-        self.lr = lr
+        self.lr, self.optimizer = lr, optimizer
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self.model(**batch).loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":  # updates proportional to the gradients: float rounding stays small
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 

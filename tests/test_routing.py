@@ -176,9 +176,12 @@ def test_units_named_in_modules_stay_as_given_and_a_harmless_cache_does_not_run_
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_micro_batches_split_hugging_face_batches_packed_patches_included(family, tmp_path):
-    plain = HFModule(family)
+    before = parameters(HFModule(family))
+    plain = HFModule(
+        family, lr=0.1, optimizer="sgd"
+    )  # AdamW turns rounding in tiny gradients into lr-sized steps
     trainer("auto", max_steps=3).fit(plain, loader(family, size=4))
-    split = HFModule(family)
+    split = HFModule(family, lr=0.1, optimizer="sgd")
     backend = RecordingBackend()
     strategy = MosaicStrategy(plan="concurrent", backend=backend, micro_batches=2)
     trainer(strategy, max_steps=3, default_root_dir=tmp_path).fit(split, loader(family, size=4))
@@ -186,7 +189,8 @@ def test_micro_batches_split_hugging_face_batches_packed_patches_included(family
     # the tower ran once per micro-batch in the 2 steps since the units were refined (after the first)
     assert strategy.engine.calls[UNITS[family][0]] == 2 * 2
     a, b = parameters(plain), parameters(split)
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], before[k]) for k in a)
 
 
 def test_a_qwen_vl_profile_replays_the_packed_tower_below_the_full_batch_then_plans(tmp_path):
