@@ -175,3 +175,56 @@ def test_compiled_units_are_not_captured_as_cuda_graphs_again(monkeypatch, tmp_p
     assert "unit head is not captured" not in caplog.text and sum(g.replays for g in capture.graphs) > 0
     assert all(n >= 2 for n in steps[1:])
     assert_bitwise_equal(parameters(plain), parameters(model))
+
+
+class SaveRank(PerStep):
+    """Each rank's compiled calls per step and its parameters, saved at the end of fit."""
+
+    def __init__(self, backend: Counting, directory: str) -> None:
+        super().__init__(backend)
+        self.directory = directory
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.save(
+            {"steps": self.steps, "params": parameters(pl_module)},
+            f"{self.directory}/rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_compiled_units_run_compiled_under_two_processes_like_ddp(how, tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    results = {}
+    for name, strategy in (
+        ("ddp", DDPStrategy(start_method="fork")),
+        ("mosaic", MosaicStrategy(start_method="fork")),
+    ):
+        (tmp_path / name).mkdir()
+        torch._dynamo.reset()
+        backend = Counting()
+        trainer(strategy, devices=2, max_steps=4, callbacks=[SaveRank(backend, str(tmp_path / name))]).fit(
+            TwoEncoders(how, backend), _data()
+        )
+        results[name] = [torch.load(tmp_path / name / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for rank in range(2):
+        assert results["ddp"][rank]["steps"] == [2] * 4
+        steps = results["mosaic"][rank]["steps"]
+        assert steps[0] == 0 and all(n >= 2 for n in steps[1:]), steps
+        assert_bitwise_equal(results["ddp"][rank]["params"], results["mosaic"][rank]["params"])
+
+
+def test_a_compiled_unit_is_profiled_compiled_at_every_batch():
+    from lightning_mosaic.inputs import InputCapture
+    from lightning_mosaic.profiler import profile_units
+
+    torch._dynamo.reset()
+    backend = Counting()
+    encoder = torch.compile(Encoder(), backend=backend)
+    with InputCapture({"encoder": encoder}) as capture:
+        encoder(torch.randn(8, 8))
+    before = backend.calls
+    profile = profile_units({"encoder": encoder}, capture.captured, 8, quotas=[1], repeats=2, progress=False)
+    assert {s.batch for s in profile.samples} == {2, 4, 8}
+    timed = sum(s.repeats for s in profile.samples if s.pass_ == "forward")
+    assert backend.calls - before >= timed, "every timed forward ran the compiled graph"
