@@ -59,11 +59,11 @@ def split_batch(batch: Any, k: int) -> list[Any]:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k={k!r} must be a whole number of micro-batches, 1 or more")
     total = batch_size(batch)
-    tensors = [t for t in iter_tensors(batch) if t.dim() > 0 and t.shape[0] != total]
+    tensors = list(iter_tensors(batch))
     packed = {}
-    if tensors:  # packed along the first dimension, counted by a lengths tensor of the batch
-        found = find_packing(list(iter_tensors(batch)), total, dims=[0])
-        packed = {id(t): p for t, p in zip(iter_tensors(batch), found, strict=True) if p is not None}
+    if any(t.dim() > 0 and t.shape[0] != total for t in tensors):  # packed along the first dimension?
+        found = find_packing(tensors, total, dims=[0])
+        packed = {id(t): p for t, p in zip(tensors, found, strict=True) if p is not None}
     out, start = [], 0
     for n in sizes(total, k):
         out.append(_take(batch, start, start + n, total, packed))

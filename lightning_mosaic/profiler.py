@@ -176,11 +176,11 @@ class _Replay:
         self.name, self.module, self.call = name, module, call
         self.batch_size = batch_size
         self.split = getattr(module, HOOK, None)  # the unit's own splitter of its inputs
-        self.rows, self.dims = (batch_size, []) if callable(self.split) else _batch_dims(call, batch_size)
-        tensors = list(iter_tensors((call.args, call.kwargs)))
-        self.packing = (
-            find_packing(tensors, self.rows) if self.rows is not None and not callable(self.split) else []
-        )
+        self.rows, self.dims, self.packing = batch_size, [], []
+        if not callable(self.split):
+            self.rows, self.dims = _batch_dims(call, batch_size)
+            if self.rows is not None:
+                self.packing = find_packing(list(iter_tensors((call.args, call.kwargs))), self.rows)
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.backward = call.grad_enabled and (
             bool(self.params) or any(t.requires_grad for t in iter_tensors((call.args, call.kwargs)))

@@ -21,7 +21,8 @@ What tells a router from a tower is what its children do in a real step, not the
 
 :class:`RouteProbe` records the entries during the traced step: a dispatch mode tags every tensor
 with the probed module that produced it (or ``step``: a tensor that was neither computed in the
-step nor a parameter or buffer of the model); :func:`open_routers` then decides. The step runs
+step nor a parameter or buffer of the model; the tracer's :class:`~lightning_mosaic.tracing.Taint`);
+:func:`open_routers` then decides. The step runs
 unchanged.
 """
 
@@ -32,14 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._tree import iter_tensors
 from lightning_mosaic.selection import owns_parameters
+from lightning_mosaic.tracing import STEP, Taint
 
-STEP = "<step>"  # the tag of data from outside the step: the batch, state kept from earlier steps
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 
 
@@ -98,47 +97,18 @@ class Probed:
     sources: set[str] = field(default_factory=set)
 
 
-class _Tags(TorchDispatchMode):
-    """Passes producer tags from every ATen operation's inputs to its outputs; an input neither made
-    in the step nor a parameter or buffer is tagged :data:`STEP`."""
-
-    def __init__(self, known: set[int]) -> None:
-        super().__init__()
-        self.known = known  # ids of the model's parameters and buffers
-        self.tags: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-    def tags_of(self, obj: Any) -> frozenset[str]:
-        found: frozenset[str] = frozenset()
-        for tensor in iter_tensors(obj):
-            tag = self.tags.get(tensor)
-            if tag is None:
-                tag = frozenset() if id(tensor) in self.known else frozenset((STEP,))
-                self.tags[tensor] = tag
-            found = found | tag
-        return found
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        found = self.tags_of(args) | self.tags_of(kwargs)
-        out = func(*args, **kwargs)
-        for tensor in iter_tensors(out):
-            self.tags[tensor] = self.tags.get(tensor, frozenset()) | found
-        return out
-
-
 class RouteProbe:
     """While entered, records for every module that may be opened up (a unit that may route, and
     recursively its children that may) which of its parts ran and what reached their inputs."""
 
     def __init__(self, root: nn.Module, units: Mapping[str, nn.Module]) -> None:
-        self.units = dict(units)
         self.children: dict[str, dict[str, nn.Module]] = {}  # router candidate -> its parts
         self.probed: dict[str, Probed] = {}
         self._modules: dict[str, nn.Module] = {}
-        for name, module in self.units.items():
+        for name, module in units.items():
             self._collect(name, module)
         known = {id(t) for t in root.parameters()} | {id(t) for t in root.buffers()}
-        self.tags = _Tags(known)
+        self.tags = Taint(known)
         self.handles: list[Any] = []
 
     def _collect(self, name: str, module: nn.Module) -> None:
@@ -228,7 +198,7 @@ def _entry_towers(name: str, probe: RouteProbe) -> list[str]:
     children = probe.children.get(name)
     if not children:
         return []
-    heavy = {c for c, m in children.items() if stacks(m) or is_stack(m)}
+    heavy = {c for c, m in children.items() if stacks(m)}  # a stack itself counts: stacks(m) == [""]
 
     def sibling(tag: str) -> str | None:  # the part of ``name`` that holds the probed module ``tag``
         for c in children:

@@ -17,7 +17,7 @@ unit runs side by side.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,7 +30,9 @@ from lightning_mosaic._hooks import LiveHook
 from lightning_mosaic._logging import get_logger
 from lightning_mosaic._tree import iter_tensors
 from lightning_mosaic.graph import ModuleGraph
-from lightning_mosaic.routing import RouteProbe
+
+if TYPE_CHECKING:
+    from lightning_mosaic.routing import RouteProbe
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -50,15 +52,21 @@ def trace(modules: Mapping[str, nn.Module], step: Callable[[], T]) -> tuple[Modu
     return tracer.graph(), result
 
 
-class _Taint(TorchDispatchMode):
+STEP = "<step>"  # the tag of data from outside the step: the batch, state kept from earlier steps
+
+
+class Taint(TorchDispatchMode):
     """Propagates producer tags through every ATen operation.
 
     A dispatch mode sits below autograd and autocast and leaves ``has_torch_function`` false, so
     the traced step takes exactly the kernels (fast paths included) that an untraced step takes.
+    With ``known`` (ids of the model's parameters and buffers), a tensor an operation takes that was
+    neither made in the step nor known is tagged :data:`STEP`: data from outside the step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, known: set[int] | None = None) -> None:
         super().__init__()
+        self.known = known
         self.tags: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.on_inputs: Callable[[Any], None] | None = None  # sees every operation's inputs when set
 
@@ -66,6 +74,9 @@ class _Taint(TorchDispatchMode):
         found: frozenset[str] = frozenset()
         for tensor in iter_tensors(obj):
             tag = self.tags.get(tensor)
+            if tag is None and self.known is not None:
+                tag = frozenset() if id(tensor) in self.known else frozenset((STEP,))
+                self.tags[tensor] = tag
             if tag:
                 found = found | tag
         return found
@@ -74,9 +85,10 @@ class _Taint(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.on_inputs is not None:
             self.on_inputs((args, kwargs))
+        every = self.known is not None  # every output is marked as made in the step
+        found = self.tags_of(args) | self.tags_of(kwargs) if self.tags or every else frozenset()
         out = func(*args, **kwargs)
-        found = self.tags_of(args) | self.tags_of(kwargs) if self.tags else frozenset()
-        if found:
+        if found or every:
             for tensor in iter_tensors(out):
                 self.tags[tensor] = self.tags.get(tensor, frozenset()) | found
         return out
@@ -92,7 +104,7 @@ class Tracer:
         self.modules = dict(modules)
         self.probe = probe  # which units route between towers (entered with the tracer)
         self._eager: Any = None
-        self.taint = _Taint()
+        self.taint = Taint()
         self.inputs: dict[str, list[str]] = {name: [] for name in self.modules}
         self.first_call: dict[str, int] = {}
         self.calls: dict[str, int] = dict.fromkeys(self.modules, 0)
