@@ -228,3 +228,23 @@ def test_a_compiled_unit_is_profiled_compiled_at_every_batch():
     assert {s.batch for s in profile.samples} == {2, 4, 8}
     timed = sum(s.repeats for s in profile.samples if s.pass_ == "forward")
     assert backend.calls - before >= timed, "every timed forward ran the compiled graph"
+
+
+def test_the_profiler_does_not_capture_a_compiled_unit_as_cuda_graphs():
+    from lightning_mosaic.engine.graphs import EmulatedCapture
+    from lightning_mosaic.inputs import InputCapture
+    from lightning_mosaic.profiler import profile_units
+
+    torch._dynamo.reset()
+    backend = Counting()
+    units = {"encoder": torch.compile(Encoder(), backend=backend), "head": Encoder()}
+    with InputCapture(units) as capture:
+        units["head"](units["encoder"](torch.randn(8, 8)))
+    profile = profile_units(
+        units, capture.captured, 8, quotas=[1], repeats=1, progress=False, capture=EmulatedCapture()
+    )
+    assert {s.module for s in profile.graphed} == {"head"}
+    assert any(
+        note.startswith("encoder: not captured as a CUDA graph (it is compiled (torch.compile(module))")
+        for note in profile.notes
+    ), profile.notes

@@ -235,6 +235,14 @@ class GraphedCall:
     def __init__(
         self, module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict, capture: Capture
     ) -> None:
+        how = how_compiled(module)
+        if how is not None:  # the runner's units and the profiler's alike: the user's compiled code stands
+            why = (
+                "replays CUDA graphs of its own (compiled with mode='reduce-overhead')"
+                if replays_cuda_graphs(module)
+                else "runs its compiled code (compile it with mode='reduce-overhead' for CUDA graphs)"
+            )
+            raise Ineligible([f"is compiled ({how}) and {why}"])
         self.capture = capture
         self.template = (args, kwargs)
         grad = torch.is_grad_enabled()
@@ -469,15 +477,6 @@ class GraphRunner:
         if active is not None:
             self.active = active
         for name, module in units.items():
-            how = how_compiled(module)
-            if how is not None:
-                why = (
-                    "replays CUDA graphs of its own (compiled with mode='reduce-overhead')"
-                    if replays_cuda_graphs(module)
-                    else "runs its compiled code (compile it with mode='reduce-overhead' for CUDA graphs)"
-                )
-                self._drop(name, f"is compiled ({how}) and {why}")
-                continue
             if sharded(module):
                 self._drop(name, "holds sharded parameters (FSDP2), gathered anew at every call")
                 continue
